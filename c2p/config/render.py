@@ -1,0 +1,61 @@
+"""Config of a render job: corpus → WebDataset shards (``configs/render/*.yaml``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from c2p.config.core import ConfigError, option
+
+
+@dataclass
+class CorpusConfig:
+    name: str = option("synthetic", "corpus reader", choices=["synthetic", "shapenet", "shapenet55", "objaverse", "modelnet", "scanobjectnn", "manifest"])
+    root: str = option("", "corpus root directory (or manifest/table file)")
+    split: str = option("train", "split to read where the corpus has splits", choices=["train", "test", "all"])
+    limit: int = option(0, "read at most this many objects (0: all)", ge=0)
+
+
+@dataclass
+class ViewsConfig:
+    set: str = option("10", "the original's view set", choices=["10", "6"])
+    dist: float = option(1.0, "camera distance (RGB: perspective at twice this)", gt=0.0)
+    image_size: int = option(224, "render size in pixels", ge=8)
+    image_format: str = option("png", "RGB encoding", choices=["png", "webp"])
+    depth_png: bool = option(False, "also store 16-bit depth.<v>.png of each view")
+    light: str = option("random", "directional light: seeded random per object, or fixed", choices=["random", "fixed"])
+
+
+@dataclass
+class ImgFeatConfig:
+    model: str = option("", "open_clip model name for imgfeat.<tag>.npy (empty: no features)")
+    pretrained: str = option("", "local weights path of that model")
+    tag: str = option("", "feature tag in member names (default: model name)")
+    batch_size: int = option(64, "views per forward pass", ge=1)
+
+
+@dataclass
+class JobConfig:
+    shard_size: int = option(256, "objects per shard", ge=1)
+    points: int = option(8192, "points stored per object", ge=1)
+    seed: int = option(0, "render seed (per object: seed, uid)", ge=0)
+    num_cpus: float = option(1.0, "CPUs per Ray render task", gt=0.0)
+    num_gpus: float = option(0.0, "GPUs per Ray render task / feature actor", ge=0.0)
+    max_retries: int = option(3, "Ray retries of a shard task (dead worker or transient error)", ge=0)
+    max_in_flight: int = option(0, "shard tasks submitted at once (0: 2x cluster CPUs)", ge=0)
+    previews: int = option(4, "objects in previews/ contact sheets", ge=0)
+    overwrite: bool = option(False, "start over when the output exists with other settings")
+
+
+@dataclass
+class RenderJobConfig:
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    out: str = option("", "output shard directory")
+    views: ViewsConfig = field(default_factory=ViewsConfig)
+    imgfeat: ImgFeatConfig = field(default_factory=ImgFeatConfig)
+    job: JobConfig = field(default_factory=JobConfig)
+
+    def validate(self) -> None:
+        if not self.out:
+            raise ConfigError("out", self.out, "an output directory (--out DIR or out=DIR)")
+        if not self.corpus.root:
+            raise ConfigError("corpus.root", self.corpus.root, "the corpus root (--root DIR or corpus.root=DIR)")

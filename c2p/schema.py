@@ -1,0 +1,274 @@
+"""The sample schema of c2p shards: one WebDataset sample per 3D object.
+
+The shard writer (``shards/``) and the streaming loader (``c2p.data``) both speak through
+this module, so the format is defined once.
+
+| member              | content                                                            |
+|---------------------|--------------------------------------------------------------------|
+| ``__key__``         | ``<corpus>-<uid>``, no dots (WebDataset splits keys at dots)       |
+| ``points.npy``      | float16 ``[P,3]``, centred, inside the unit sphere                 |
+| ``rgb.<v>.png``     | view ``v`` RGB render, uint8 ``[H,W,3]``, white background (or webp)|
+| ``depth.<v>.png``   | optional 16-bit depth of view ``v``: 0 background, else z·1000 (mm)|
+| ``imgfeat.<tag>.npy`` | optional float16 ``[V,D]`` frozen image-tower embeddings          |
+| ``meta.json``       | see :class:`SampleMeta`                                            |
+| ``txt``             | optional caption                                                   |
+
+A shard directory also holds ``index.json`` (:class:`ShardIndex`), ``errors.jsonl`` and
+``previews/``. Tars are written by :class:`ShardWriter`: deterministic headers (mtime 0,
+sorted members), a temporary name, fsync, then an atomic rename.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import re
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+INDEX_NAME = "index.json"
+ERRORS_NAME = "errors.jsonl"
+SHARD_PATTERN = "shard-{:06d}.tar"
+TMP_SUFFIX = ".tmp"
+
+_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
+
+
+def make_key(corpus: str, uid: str) -> str:
+    """Stable sample key ``<corpus>-<uid>`` with every character outside ``[A-Za-z0-9_-]`` → ``_``."""
+    return _KEY_UNSAFE.sub("_", f"{corpus}-{uid}")
+
+
+@dataclass
+class SampleMeta:
+    """``meta.json`` of one sample."""
+
+    uid: str
+    corpus: str
+    label: str
+    label_index: int
+    source: str
+    views: list[list[float]]  # [V, 3]: elevation (deg), azimuth (deg), distance
+    points: int
+    renderer: str = "c2p"
+    schema_version: int = SCHEMA_VERSION
+    caption: str = ""
+
+    def to_json(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> "SampleMeta":
+        d = json.loads(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# ----------------------------------------------------------------------------- encode
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def encode_image(image: np.ndarray, fmt: str = "png") -> bytes:
+    """uint8 ``[H,W,3]`` (or uint16 ``[H,W]``) → PNG/WebP bytes (lossless, deterministic)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    if image.dtype == np.uint16:
+        Image.fromarray(image).save(buf, format="PNG")
+    elif fmt == "webp":
+        Image.fromarray(image).save(buf, format="WEBP", lossless=True, quality=100, method=4)
+    else:
+        Image.fromarray(image).save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def depth_to_uint16(zbuf: np.ndarray) -> np.ndarray:
+    """Depth ``[H,W]`` float (background < 0) → uint16 millimetres, 0 = background."""
+    z = np.where(zbuf > 0, np.clip(zbuf * 1000.0, 1, 65535), 0)
+    return z.astype(np.uint16)
+
+
+def encode_sample(
+    key: str,
+    points: np.ndarray,
+    meta: SampleMeta,
+    rgb: Iterable[np.ndarray] | None = None,
+    depth: Iterable[np.ndarray] | None = None,
+    imgfeat: dict[str, np.ndarray] | None = None,
+    caption: str | None = None,
+    image_format: str = "png",
+) -> dict[str, Any]:
+    """One object → a WebDataset sample dict ``{"__key__": key, "points.npy": bytes, ...}``.
+
+    ``points``: ``[P,3]`` float, unit sphere; ``rgb``: V uint8 ``[H,W,3]``; ``depth``: V float
+    ``[H,W]`` z-buffers (background < 0); ``imgfeat``: ``{tag: [V,D]}``.
+    """
+    if "." in key:
+        raise ValueError(f"sample key {key!r} contains a dot; expected make_key(corpus, uid)")
+    points = np.asarray(points)
+    if points.ndim != 2 or points.shape[1] != 3 or not np.isfinite(points).all():
+        raise ValueError(f"points of {key}: shape {points.shape}; expected finite [P,3]")
+    sample: dict[str, Any] = {"__key__": key, "points.npy": _npy(points.astype(np.float16)), "meta.json": meta.to_json()}
+    for v, img in enumerate(rgb or []):
+        sample[f"rgb.{v}.{image_format}"] = encode_image(np.asarray(img, dtype=np.uint8), image_format)
+    for v, z in enumerate(depth or []):
+        sample[f"depth.{v}.png"] = encode_image(depth_to_uint16(np.asarray(z)))
+    for tag, feats in (imgfeat or {}).items():
+        if "." in tag:
+            raise ValueError(f"imgfeat tag {tag!r} contains a dot; expected a name without dots")
+        sample[f"imgfeat.{tag}.npy"] = _npy(np.asarray(feats, dtype=np.float16))
+    if caption:
+        sample["txt"] = caption.encode()
+    return sample
+
+
+# ----------------------------------------------------------------------------- decode
+
+
+def decode_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def decode_points(data: bytes) -> np.ndarray:
+    """``points.npy`` bytes → float32 ``[P,3]``."""
+    return decode_npy(data).astype(np.float32)
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """PNG/WebP bytes → uint8 ``[H,W,3]`` (RGB) or uint16 ``[H,W]`` (depth)."""
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(data))
+    if img.mode in ("I;16", "I;16B", "I"):
+        return np.asarray(img, dtype=np.uint16)
+    return np.asarray(img.convert("RGB"))
+
+
+def rgb_views(sample: dict) -> list[int]:
+    """Sorted view indices that have an ``rgb.<v>.*`` member in a raw sample dict."""
+    return sorted(int(k.split(".")[1]) for k in sample if k.startswith("rgb."))
+
+
+def rgb_member(sample: dict, view: int) -> str:
+    for ext in ("png", "webp", "jpg"):
+        name = f"rgb.{view}.{ext}"
+        if name in sample:
+            return name
+    raise KeyError(f"sample {sample.get('__key__')!r} has no rgb view {view}")
+
+
+# ----------------------------------------------------------------------------- shards
+
+
+@dataclass
+class ShardIndex:
+    """``index.json`` of a shard directory."""
+
+    corpus: str
+    settings: dict  # render settings that produced the shards; a change refuses to mix
+    labels: list[str]  # label list; label_index refers to it
+    shards: dict[str, int] = field(default_factory=dict)  # file name → number of samples
+    total_objects: int = 0  # objects planned
+    total_errors: int = 0  # objects skipped (see errors.jsonl)
+    total_bytes: int = 0
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def num_samples(self) -> int:
+        return sum(self.shards.values())
+
+    def shard_paths(self, root: str | Path) -> list[str]:
+        return [str(Path(root) / name) for name in sorted(self.shards)]
+
+    def save(self, root: str | Path) -> Path:
+        path = Path(root) / INDEX_NAME
+        atomic_write_bytes(path, json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True).encode())
+        return path
+
+    @classmethod
+    def load(cls, root: str | Path) -> "ShardIndex":
+        path = Path(root) / INDEX_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"shard index {path} does not exist; expected a directory written by launch/render.py")
+        d = json.loads(path.read_text())
+        if d.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(f"{path}: schema_version {d.get('schema_version')!r}; expected {SCHEMA_VERSION}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through ``path.tmp`` + fsync + rename: readers see all or nothing."""
+    path = Path(path)
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class ShardWriter:
+    """Writes one tar shard deterministically and atomically.
+
+    Members are written in sample order, each sample's members sorted by name, with
+    mtime 0 and no owner, so the same samples give byte-identical tars. The tar is written
+    as ``<path>.tmp`` and renamed to ``<path>`` by :meth:`close` only; a crash leaves only the
+    ``.tmp``, which readers ignore and a re-run overwrites.
+
+        with ShardWriter("out/shard-000000.tar") as w:
+            w.write(encode_sample(...))
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(self.path.name + TMP_SUFFIX)
+        self._file = open(self.tmp, "wb")
+        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
+        self.count = 0
+
+    def write(self, sample: dict[str, Any]) -> None:
+        key = sample["__key__"]
+        for name in sorted(k for k in sample if not k.startswith("__")):
+            data = sample[name]
+            if isinstance(data, str):
+                data = data.encode()
+            info = tarfile.TarInfo(f"{key}.{name}")
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            self._tar.addfile(info, io.BytesIO(data))
+        self.count += 1
+
+    def close(self) -> None:
+        self._tar.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self._tar.close()
+        self._file.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
