@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 import types
 import typing
 from pathlib import Path
@@ -26,6 +27,21 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 import yaml
 
 T = TypeVar("T")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads ``6e-3`` as a float (YAML 1.1, and so PyYAML, wants ``6.0e-3``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 __all__ = [
     "ConfigError",
@@ -210,7 +226,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if path.resolve() in seen:
         raise ConfigError("_base_", str(path), "a chain of configs without cycles")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _yaml_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError("--config", str(path), f"valid YAML ({e})") from e
     if not isinstance(data, dict):
@@ -240,7 +256,7 @@ def parse_overrides(overrides: typing.Iterable[str]) -> dict:
         if not key:
             raise ConfigError(item, item, "a non-empty key before '='")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = _yaml_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         node = out

@@ -17,6 +17,8 @@ class EvalDataConfig:
     classes: list[str] = option([], "class names in label order (empty: from the corpus)")
     points: int = option(1024, "points per object fed to the depth renderer", ge=1)
     rotate_zup: bool = option(False, "rotate z-up to y-up (ModelNet: Rx(pi/2) then Ry(-pi/2))")
+    normalize: bool = option(True, "centre and scale each object into the unit sphere before rendering")
+    max_objects: int = option(0, "use at most this many objects per split, first by uid (0: all; smoke runs)", ge=0)
 
 
 @dataclass
@@ -24,10 +26,14 @@ class EncoderConfig:
     model: str = option("ViT-B-32", "open_clip model name")
     pretrained: str = option("", "local CLIP weights (image + text towers)")
     depth_tower: str = option("", "exported CLIP2Point depth tower (.safetensors); empty: CLIP's image tower")
-    views: str = option("10", "view set", choices=["10", "6"])
-    image_size: int = option(224, "depth map size", ge=8)
+    views: int = option(10, "view set: the original 10 views or the 6-view set", choices=[10, 6])
+    image_size: int = option(0, "depth map size in pixels (0: the CLIP model's input size)", ge=0)
+    radius: float = option(0.02, "point radius of the depth renderer, NDC units", gt=0.0)
+    dist: float = option(1.0, "camera distance of the depth views", gt=0.0)
     templates: list[str] = option(["image of a {}."], "prompt templates; {} is the class name")
     batch_size: int = option(64, "objects per encoder forward", ge=1)
+    cache_dir: str = option("", "view-feature cache (empty: <run.dir>/<run.name>/cache/features)")
+    device: str = option("auto", "auto: cuda if available else cpu", choices=["auto", "cpu", "cuda"])
 
 
 @dataclass
@@ -59,6 +65,11 @@ class DownstreamConfig:
     def validate(self) -> None:
         if not self.data.root:
             raise ConfigError("data.root", self.data.root, "the corpus root of the evaluation data")
+        if not self.encoder.templates:
+            raise ConfigError("encoder.templates", self.encoder.templates, "at least one prompt template")
         for t in self.encoder.templates:
             if "{}" not in t:
                 raise ConfigError("encoder.templates", t, "a template containing '{}' for the class name")
+        if len(set(self.data.classes)) != len(self.data.classes):
+            dup = sorted({c for c in self.data.classes if self.data.classes.count(c) > 1})
+            raise ConfigError("data.classes", dup, "class names without repeats")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from c2p.config.core import ConfigError, option
 
@@ -13,6 +14,7 @@ class CorpusConfig:
     root: str = option("", "corpus root directory (or manifest/table file)")
     split: str = option("train", "split to read where the corpus has splits", choices=["train", "test", "all"])
     limit: int = option(0, "read at most this many objects (0: all)", ge=0)
+    options: dict[str, Any] = option(default_factory=dict, doc="extra keyword arguments of open_corpus (e.g. a label table path)")
 
 
 @dataclass
@@ -31,6 +33,7 @@ class ImgFeatConfig:
     pretrained: str = option("", "local weights path of that model")
     tag: str = option("", "feature tag in member names (default: model name)")
     batch_size: int = option(64, "views per forward pass", ge=1)
+    actors: int = option(1, "feature actors holding the image tower (one per GPU on GPU nodes)", ge=1)
 
 
 @dataclass
@@ -44,6 +47,7 @@ class JobConfig:
     max_in_flight: int = option(0, "shard tasks submitted at once (0: 2x cluster CPUs)", ge=0)
     previews: int = option(4, "objects in previews/ contact sheets", ge=0)
     overwrite: bool = option(False, "start over when the output exists with other settings")
+    progress: bool = option(True, "show a progress bar (objects/s, ETA) on stderr")
 
 
 @dataclass
@@ -59,3 +63,9 @@ class RenderJobConfig:
             raise ConfigError("out", self.out, "an output directory (--out DIR or out=DIR)")
         if not self.corpus.root:
             raise ConfigError("corpus.root", self.corpus.root, "the corpus root (--root DIR or corpus.root=DIR)")
+        # Member names are <key>.imgfeat.<tag>.npy: a dot in the tag would split the extension.
+        for key, value in (("imgfeat.tag", self.imgfeat.tag), ("imgfeat.model", self.imgfeat.model if not self.imgfeat.tag else "")):
+            if "." in value or "/" in value:
+                raise ConfigError(key, value, "a feature tag without '.' or '/' (set imgfeat.tag)")
+        if self.imgfeat.pretrained and not self.imgfeat.model:
+            raise ConfigError("imgfeat.model", self.imgfeat.model, "an open_clip model name when imgfeat.pretrained is set")

@@ -1,0 +1,107 @@
+"""Reading raw samples out of tar shards, counting what could not be read.
+
+A shard that cannot be opened, is not a tar, or ends early (a truncated copy) costs the
+samples after the damage and nothing else: the error is counted in :class:`ReadStats`,
+remembered as ``last_error``, and reading goes on with the next shard. Nothing sleeps and
+nothing is retried: in a resampled stream the same shard simply comes up again later.
+
+Reading uses WebDataset's own tar iteration (``tar_file_iterator``, ``group_by_keys``); the
+per-shard loop is ours so that a broken shard is counted once, not once per failed member.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable, Iterator
+
+from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+log = logging.getLogger(__name__)
+
+# Counters that add up across workers and restarts (see ReadStats.take_delta).
+COUNTERS = ("shards_opened", "corrupt_shards", "samples_read", "skipped_samples", "samples")
+
+
+@dataclass
+class ReadStats:
+    """What a stream has read and skipped (counts since the last :meth:`take_delta`).
+
+    ``corrupt_shards``: shard reads that failed (missing since start, not a tar, truncated);
+    ``skipped_samples``: samples dropped for missing or undecodable members;
+    ``samples_read``: raw samples out of the tars; ``samples``: samples delivered.
+    """
+
+    shards_opened: int = 0
+    corrupt_shards: int = 0
+    samples_read: int = 0
+    skipped_samples: int = 0
+    samples: int = 0
+    last_error: str = ""
+
+    def corrupt(self, url: str, exn: BaseException) -> None:
+        self.corrupt_shards += 1
+        self.last_error = f"shard {url}: {type(exn).__name__}: {exn}"
+        log.warning("skipping the rest of corrupt shard %s: %s: %s", url, type(exn).__name__, exn)
+
+    def skip(self, key: str, reason: str) -> None:
+        self.skipped_samples += 1
+        self.last_error = f"sample {key}: {reason}"
+        log.debug("skipping sample %s: %s", key, reason)
+
+    def take_delta(self) -> dict:
+        """The counts since the last call (and ``last_error``), then reset: carried in batches."""
+        delta = asdict(self)
+        for name in COUNTERS:
+            setattr(self, name, 0)
+        self.last_error = ""
+        return delta
+
+
+class NoReadableData(RuntimeError):
+    """A source produced no readable sample for many shards in a row: every shard is bad."""
+
+
+def read_samples(
+    urls: Iterable[str],
+    stats: ReadStats,
+    select: Callable[[str], bool] | None = None,
+    max_empty_shards: int = 100,
+) -> Iterator[dict]:
+    """Raw samples ``{"__key__", "__url__", "<member>": bytes, ...}`` of the tars in ``urls``.
+
+    ``select(member_name) -> bool`` drops members before their bytes are kept (e.g. RGB
+    views when image features are used). Member suffixes keep their case. Raises
+    :class:`NoReadableData` after ``max_empty_shards`` shards in a row gave no sample.
+    """
+    empty_in_a_row = 0
+
+    def files() -> Iterator[dict]:
+        nonlocal empty_in_a_row
+        for url in urls:
+            stats.shards_opened += 1
+            got = 0
+            try:
+                with open(url, "rb") as stream:
+                    for item in tar_file_iterator(stream, select_files=select):
+                        item["__url__"] = url
+                        got += 1
+                        yield item
+            except Exception as exn:  # any read failure is the shard's fault: count it, go on
+                stats.corrupt(url, exn)
+            # End-of-shard marker: group_by_keys flushes the shard's last sample (a truncated
+            # shard's last sample may lack members; decoding then skips and counts it).
+            yield {}
+            empty_in_a_row = 0 if got else empty_in_a_row + 1
+            if empty_in_a_row >= max_empty_shards:
+                raise NoReadableData(
+                    f"{empty_in_a_row} shards in a row gave no readable sample (last: {url}; {stats.last_error})"
+                )
+
+    def bad_group(exn: Exception) -> bool:
+        stats.skip("?", f"{type(exn).__name__}: {exn}")
+        return True
+
+    for sample in group_by_keys(files(), lcase=False, handler=bad_group):
+        stats.samples_read += 1
+        yield sample

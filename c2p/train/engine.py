@@ -1,0 +1,160 @@
+"""The DeepSpeed engine around the trainable CLIP2Point module (depth tower + learnable w).
+
+Everything DeepSpeed-specific about *building* the engine lives here: process-group init
+(NCCL on GPU, gloo on CPU), the DeepSpeed config dict (ZeRO stage, bf16/fp32, gradient
+accumulation and clipping), the optimizer (timm's LAMB as in the original, or AdamW) and the
+learning rate, which is set from :func:`c2p.train.schedule.lr_at` every step instead of
+living in a stateful scheduler. The frozen image tower is not part of the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from c2p.config.core import ConfigError
+from c2p.config.pretrain import PretrainConfig
+
+log = logging.getLogger("c2p.train")
+
+__all__ = ["DistInfo", "init_distributed", "resolve_device", "resolve_precision", "deepspeed_config",
+           "build_optimizer", "build_engine", "set_lr", "micro_batch_size"]
+
+
+@dataclass
+class DistInfo:
+    """This process's place in the job (from RANK/WORLD_SIZE/LOCAL_RANK; world 1 if absent)."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+
+
+def resolve_device(local_rank: int) -> torch.device:
+    return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def resolve_precision(cfg: PretrainConfig, device: torch.device) -> str:
+    """``auto``: bf16 on GPU, fp32 on CPU (CPU bf16 matmuls are slow and gloo has no bf16 reductions)."""
+    if cfg.train.precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return cfg.train.precision
+
+
+def init_distributed(cfg: PretrainConfig) -> DistInfo:
+    """Read the torch.distributed env and open the process group through DeepSpeed.
+
+    A single process without RANK etc. runs as world 1 on 127.0.0.1 with a free port.
+    """
+    import deepspeed
+
+    env = os.environ
+    if "RANK" not in env:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env.setdefault("MASTER_ADDR", "127.0.0.1")
+        env.setdefault("MASTER_PORT", str(port))
+        env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0"))
+    device = resolve_device(local)
+    backend = cfg.train.backend
+    if backend == "auto":
+        backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    return DistInfo(rank, world, local, device, backend)
+
+
+def micro_batch_size(cfg: PretrainConfig, world_size: int) -> int:
+    """Objects per rank per micro-batch: ``train.batch_size / (world_size * train.grad_accum)``."""
+    per = world_size * cfg.train.grad_accum
+    if cfg.train.batch_size % per:
+        raise ConfigError("train.batch_size", cfg.train.batch_size,
+                          f"a multiple of world_size*grad_accum = {world_size}*{cfg.train.grad_accum} = {per}")
+    return cfg.train.batch_size // per
+
+
+def deepspeed_config(cfg: PretrainConfig, world_size: int, precision: str, *, load_universal: bool = False) -> dict:
+    """The DeepSpeed JSON config of this run (also written to the run dir for reference)."""
+    stage = cfg.train.zero_stage
+    zero: dict[str, Any] = {"stage": stage}
+    if stage >= 1:
+        # Overlap is a GPU stream feature; contiguous gradients avoid fragmentation on big towers.
+        zero.update(contiguous_gradients=True, overlap_comm=torch.cuda.is_available(),
+                    reduce_bucket_size=int(5e7), allgather_bucket_size=int(5e7))
+    if stage == 3:
+        zero.update(stage3_param_persistence_threshold=int(1e4), stage3_gather_16bit_weights_on_model_save=False)
+    return {
+        "train_batch_size": cfg.train.batch_size,
+        "train_micro_batch_size_per_gpu": micro_batch_size(cfg, world_size),
+        "gradient_accumulation_steps": cfg.train.grad_accum,
+        "gradient_clipping": cfg.optim.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": False},
+        # timm's LAMB is a plain torch optimizer: ZeRO wraps it (it partitions the fp32 state).
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+        "checkpoint": {"load_universal": load_universal},
+    }
+
+
+def build_optimizer(model: torch.nn.Module, cfg: PretrainConfig) -> torch.optim.Optimizer:
+    """LAMB (timm, as the original) or AdamW; no weight decay on 1-d tensors (norms, biases, w).
+
+    LAMB's global gradient clipping is off: DeepSpeed clips (``optim.grad_clip``). Under ZeRO
+    1-3 the optimizer sees flat fp32 partitions, so LAMB's trust ratio is taken per partition
+    rather than per tensor; ZeRO stage 0 keeps the original per-tensor behaviour.
+    """
+    o = cfg.optim
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    if o.name == "lamb":
+        from timm.optim import Lamb
+
+        return Lamb(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay, max_grad_norm=None)
+    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+
+
+def build_engine(model: torch.nn.Module, cfg: PretrainConfig, *, world_size: int | None = None,
+                 precision: str | None = None, load_universal: bool = False):
+    """Wrap ``model`` (the trainable CLIP2Point module) in a DeepSpeed engine.
+
+    ``load_universal``: the engine will load a universal checkpoint (another world size).
+    Activation checkpointing (``model.grad_checkpointing``) is switched on in every
+    open_clip tower inside ``model`` before wrapping.
+    """
+    import deepspeed
+    import torch.distributed as dist
+
+    world_size = world_size or (dist.get_world_size() if dist.is_initialized() else 1)
+    device = resolve_device(int(os.environ.get("LOCAL_RANK", "0")))
+    precision = precision or resolve_precision(cfg, device)
+    if cfg.model.grad_checkpointing:
+        for m in model.modules():
+            if m is not model and hasattr(m, "set_grad_checkpointing"):
+                m.set_grad_checkpointing(True)
+    model = model.to(device)
+    optimizer = build_optimizer(model, cfg)
+    ds_cfg = deepspeed_config(cfg, world_size, precision, load_universal=load_universal)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_cfg)
+    return engine
+
+
+def set_lr(engine, lr: float) -> None:
+    """Set the learning rate of every param group (the ZeRO wrapper shares the groups of the inner optimizer)."""
+    for group in engine.optimizer.param_groups:
+        group["lr"] = lr

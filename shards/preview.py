@@ -1,0 +1,65 @@
+"""``previews/``: contact sheets of the first samples of a render, read back from the shards.
+
+Read from the finished tars (not from the renderer's memory), a preview shows what a
+reader of the shards gets: the decoded RGB views and, when stored, the point-cloud depth of
+each view beside them — a quick look tells whether renders and depth maps pair up.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+from c2p.schema import SampleMeta, ShardIndex, decode_image, rgb_views
+
+
+def read_samples(shard: str | Path, limit: int) -> list[dict[str, bytes]]:
+    """The first ``limit`` samples of a tar shard as raw ``{member suffix: bytes}`` dicts (``__key__`` included)."""
+    samples: list[dict[str, bytes]] = []
+    with tarfile.open(shard) as tar:
+        for info in tar:
+            if not info.isfile():
+                continue
+            key, _, suffix = info.name.partition(".")
+            if not samples or samples[-1]["__key__"] != key:
+                if len(samples) == limit:
+                    break
+                samples.append({"__key__": key})
+            samples[-1][suffix] = tar.extractfile(info).read()
+    return samples
+
+
+def write_previews(out: str | Path, index: ShardIndex, count: int, per_sheet: int = 8) -> list[Path]:
+    """Contact sheets ``previews/preview-XXX.png`` of the first ``count`` samples of ``out``.
+
+    Returns the sheet paths. Depth (uint16 mm in the shard) goes back to a float z-buffer
+    with background -1, as ``render_depth`` returns it.
+    """
+    from c2p.render import write_contact_sheet
+
+    samples: list[dict[str, bytes]] = []
+    for shard in index.shard_paths(out):
+        if len(samples) >= count:
+            break
+        samples += read_samples(shard, count - len(samples))
+    samples = [s for s in samples if rgb_views(s)]
+    folder = Path(out) / "previews"
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for start in range(0, len(samples), per_sheet):
+        chunk = samples[start : start + per_sheet]
+        rgb, depth, titles = [], [], []
+        for s in chunk:
+            views = rgb_views(s)
+            rgb.append(np.stack([decode_image(s[next(k for k in s if k.startswith(f"rgb.{v}."))]) for v in views]))
+            if all(f"depth.{v}.png" in s for v in views):
+                mm = np.stack([decode_image(s[f"depth.{v}.png"]).astype(np.float32) for v in views])
+                depth.append(np.where(mm > 0, mm / 1000.0, -1.0).astype(np.float32))
+            meta = SampleMeta.from_json(s["meta.json"])
+            titles.append(f"{meta.label} {meta.uid}")
+        path = folder / f"preview-{start // per_sheet:03d}.png"
+        write_contact_sheet(path, rgb, depth if len(depth) == len(rgb) else None, titles)
+        paths.append(path)
+    return paths

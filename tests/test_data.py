@@ -1,0 +1,269 @@
+"""Tests of c2p.data: the pre-training stream over real tar shards written with c2p.schema.
+
+Fixture shards encode their content so a batch can be checked against what was written:
+view ``v`` of a sample has a uniform RGB colour and an ``imgfeat`` row that both encode
+``v``, and meta.json's views give view ``v`` the elevation ``10·v``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from c2p.config.core import ConfigError
+from c2p.config.pretrain import DataConfig
+from c2p.data import PretrainStream, epoch_samples
+from c2p.data.sample import CLIP_MEAN, CLIP_STD
+from c2p.schema import SHARD_PATTERN, SampleMeta, ShardIndex, ShardWriter, encode_sample, make_key
+
+VIEWS = 3
+P_STORED = 64
+SIDE = 16  # stored render side; the stream resizes to cfg.image_size
+FEAT_DIM = 8
+
+
+def view_colour(v: int) -> np.ndarray:
+    return np.array([40 * v + 20, 200 - 30 * v, 90], dtype=np.uint8)
+
+
+def make_sample(corpus: str, uid: str, label: int, rng: np.random.Generator, *, points: bool = True) -> dict:
+    meta = SampleMeta(
+        uid=uid,
+        corpus=corpus,
+        label=f"class{label}",
+        label_index=label,
+        source=f"/src/{uid}",
+        views=[[10.0 * v, 45.0 * v, 1.0] for v in range(VIEWS)],
+        points=P_STORED,
+    )
+    pts = rng.uniform(-0.5, 0.5, size=(P_STORED, 3)).astype(np.float32)
+    rgb = [np.broadcast_to(view_colour(v), (SIDE, SIDE, 3)).copy() for v in range(VIEWS)]
+    feats = np.stack([np.full(FEAT_DIM, v + 1.0) for v in range(VIEWS)])
+    sample = encode_sample(make_key(corpus, uid), pts, meta, rgb=rgb, imgfeat={"tiny": feats})
+    if not points:
+        del sample["points.npy"]
+    return sample
+
+
+def write_corpus(root: Path, corpus: str, shards: int, per_shard: int, seed: int = 0) -> Path:
+    """A shard directory with index.json: ``shards`` tars of ``per_shard`` samples, labels 0..3."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    counts = {}
+    for s in range(shards):
+        name = SHARD_PATTERN.format(s)
+        with ShardWriter(root / name) as w:
+            for i in range(per_shard):
+                w.write(make_sample(corpus, f"s{s}o{i}", (s * per_shard + i) % 4, rng))
+        counts[name] = per_shard
+    ShardIndex(corpus=corpus, settings={}, labels=[f"class{i}" for i in range(4)], shards=counts).save(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("shards")
+    alpha = write_corpus(base / "alpha", "alpha", shards=4, per_shard=8, seed=1)
+    beta = write_corpus(base / "beta", "beta", shards=2, per_shard=8, seed=2)
+
+    # "broken": one good shard, a truncated copy, a garbage tar, a tar with a sample missing points.
+    broken = write_corpus(base / "broken", "broken", shards=2, per_shard=8, seed=3)
+    whole = (broken / SHARD_PATTERN.format(1)).read_bytes()
+    (broken / SHARD_PATTERN.format(1)).write_bytes(whole[: len(whole) // 2 + 100])
+    (broken / SHARD_PATTERN.format(2)).write_bytes(np.random.default_rng(0).bytes(5000))
+    rng = np.random.default_rng(4)
+    with ShardWriter(broken / SHARD_PATTERN.format(3)) as w:
+        for i in range(4):
+            w.write(make_sample("broken", f"x{i}", i, rng, points=(i != 2)))
+    index = ShardIndex.load(broken)
+    index.shards.update({SHARD_PATTERN.format(2): 8, SHARD_PATTERN.format(3): 4})
+    index.save(broken)
+    return {"alpha": alpha, "beta": beta, "broken": broken}
+
+
+def data_cfg(shards, **kw) -> DataConfig:
+    base = dict(shards=[str(s) for s in shards], points=32, shuffle_buffer=16, workers=0, image_size=24)
+    base.update(kw)
+    return DataConfig(**base)
+
+
+def take(stream: PretrainStream, n: int) -> list[dict]:
+    out = []
+    for batch in stream:
+        out.append(batch)
+        if len(out) == n:
+            break
+    return out
+
+
+def test_batch_layout_and_content_rgb(corpora):
+    stream = PretrainStream(data_cfg([corpora["alpha"]]), rank=0, world_size=1, seed=0, batch_size=5)
+    (batch,) = take(stream, 1)
+    assert set(batch) == {"points", "view", "image", "label", "key"}
+    assert batch["points"].shape == (5, 32, 3) and batch["points"].dtype == torch.float32
+    assert batch["points"].abs().max() <= 0.5 + 1e-3
+    assert batch["view"].shape == (5, 3) and batch["view"].dtype == torch.float32
+    assert batch["image"].shape == (5, 3, 24, 24) and batch["image"].dtype == torch.float32
+    assert batch["label"].dtype == torch.long and batch["label"].shape == (5,)
+    assert len(batch["key"]) == 5 and all(k.startswith("alpha-") for k in batch["key"])
+    # The image is the chosen view's render, CLIP-normalised: undo it and compare colours.
+    mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)
+    for b in range(5):
+        v = int(round(batch["view"][b, 0].item() / 10))
+        assert batch["view"][b].tolist() == pytest.approx([10.0 * v, 45.0 * v, 1.0])
+        rgb = (batch["image"][b] * std + mean) * 255
+        assert torch.allclose(rgb, torch.tensor(view_colour(v), dtype=torch.float32).view(3, 1, 1).expand_as(rgb), atol=1.0)
+    # Points are a subset of the stored ones, without repeats.
+    assert len(torch.unique(batch["points"][0], dim=0)) == 32
+
+
+def test_imgfeat_mode_decodes_no_image(corpora, tmp_path):
+    # RGB members replaced by garbage: the feature path must never decode them.
+    root = write_corpus(tmp_path / "feat", "feat", shards=1, per_shard=6)
+    import tarfile
+
+    src = root / SHARD_PATTERN.format(0)
+    dst = root / "tmp.tar"
+    with tarfile.open(src) as tin, tarfile.open(dst, "w") as tout:
+        for info in tin.getmembers():
+            data = tin.extractfile(info).read()
+            if ".rgb." in info.name:
+                data = b"not a png"
+                info.size = len(data)
+            import io
+
+            tout.addfile(info, io.BytesIO(data))
+    dst.replace(src)
+    stream = PretrainStream(data_cfg([root], imgfeat_tag="tiny"), rank=0, world_size=1, seed=0, batch_size=4)
+    batches = take(stream, 3)
+    for batch in batches:
+        assert "image" not in batch and batch["imgfeat"].shape == (4, FEAT_DIM)
+        assert batch["imgfeat"].dtype == torch.float32
+        # Row v of imgfeat is v+1 everywhere; the view's elevation is 10·v: same view chosen.
+        assert torch.allclose(batch["imgfeat"][:, 0], batch["view"][:, 0] / 10 + 1)
+    assert stream.stats()["skipped_samples"] == 0
+    assert len({int(v) for b in batches for v in b["view"][:, 0]}) > 1  # views vary
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "workers,reseed_every,resume_at",
+    [(0, 10, 20), (2, 10, 20), (2, 5, 15)],  # the last: the resumed run's worker 0 serves the old worker 1's lane
+)
+def test_exact_resume(corpora, workers, reseed_every, resume_at):
+    cfg = data_cfg([corpora["alpha"], corpora["beta"]], weights=[2.0, 1.0], workers=workers, imgfeat_tag="tiny")
+    kw = dict(rank=1, world_size=2, seed=7, batch_size=4, reseed_every=reseed_every)
+    straight = take(PretrainStream(cfg, **kw), 40)
+
+    first = PretrainStream(cfg, **kw)
+    take(first, resume_at)
+    state = first.state_dict()
+    assert state["step"] == resume_at
+    resumed = PretrainStream(cfg, **{**kw, "seed": 0})  # the saved seed wins
+    resumed.load_state_dict(state)
+    rest = take(resumed, 40 - resume_at)
+    for s, (a, b) in enumerate(zip(straight[resume_at:], rest), start=resume_at):
+        assert a["key"] == b["key"], f"step {s}"
+        for name in ("points", "view", "imgfeat", "label"):
+            assert torch.equal(a[name], b[name]), f"step {s} {name}"
+    assert resumed.step == 40
+    # Not one batch over and over: steps and segments differ.
+    assert straight[0]["key"] != straight[1]["key"] and straight[5]["key"] != straight[15]["key"]
+
+
+def test_resume_inside_segment_replays(corpora):
+    cfg = data_cfg([corpora["alpha"]], imgfeat_tag="tiny")
+    kw = dict(rank=0, world_size=1, seed=3, batch_size=3, reseed_every=8)
+    straight = take(PretrainStream(cfg, **kw), 14)
+    resumed = PretrainStream(cfg, start_step=11, **kw)
+    rest = take(resumed, 3)
+    assert [b["key"] for b in rest] == [b["key"] for b in straight[11:14]]
+    assert all(torch.equal(a["points"], b["points"]) for a, b in zip(straight[11:], rest))
+    other_seed = take(PretrainStream(cfg, **{**kw, "seed": 4}), 2)
+    assert [b["key"] for b in other_seed] != [b["key"] for b in straight[:2]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("resampled", [False, True])
+def test_corrupt_shards_and_bad_samples_are_skipped_and_counted(corpora, resampled):
+    # Workers=2: the counts are made in worker processes and must reach the main process.
+    cfg = data_cfg([corpora["broken"]], workers=2, resampled=resampled, imgfeat_tag="tiny")
+    stream = PretrainStream(cfg, rank=0, world_size=1, seed=0, batch_size=4, reseed_every=5)
+    batches = take(stream, 12)
+    keys = [k for b in batches for k in b["key"]]
+    assert "broken-x2" not in keys  # the sample without points.npy
+    assert any(k.startswith("broken-s1") for k in keys)  # the truncated shard's readable head is used
+    stats = stream.stats()
+    assert stats["corrupt_shards"] >= 2, stats  # the truncated and the garbage tar
+    assert stats["skipped_samples"] >= 1, stats
+    assert stats["samples"] >= 48 and stats["step"] == 12
+    # The counts survive a restart through the state dict.
+    again = PretrainStream(cfg, rank=0, world_size=1, seed=0, batch_size=4)
+    again.load_state_dict(stream.state_dict())
+    assert again.stats()["corrupt_shards"] == stats["corrupt_shards"]
+
+
+def test_missing_shards_fail_at_construction(corpora, tmp_path):
+    missing_dir = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        PretrainStream(data_cfg([corpora["alpha"], missing_dir]), rank=0, world_size=1, seed=0, batch_size=2)
+    no_index = tmp_path / "no_index"
+    no_index.mkdir()
+    with pytest.raises(FileNotFoundError, match="no_index/index.json"):
+        PretrainStream(data_cfg([no_index]), rank=0, world_size=1, seed=0, batch_size=2)
+    lost = shutil.copytree(corpora["beta"], tmp_path / "lost")
+    (lost / SHARD_PATTERN.format(1)).unlink()
+    with pytest.raises(FileNotFoundError, match="shard-000001.tar"):
+        PretrainStream(data_cfg([lost]), rank=0, world_size=1, seed=0, batch_size=2)
+    pattern = str(corpora["alpha"] / "shard-{000000..000009}.tar")
+    with pytest.raises(FileNotFoundError, match="shard-000004.tar"):
+        PretrainStream(data_cfg([pattern]), rank=0, world_size=1, seed=0, batch_size=2)
+
+
+def test_patterns_and_epoch_samples(corpora, tmp_path):
+    pattern = str(corpora["alpha"] / "shard-{000000..000001}.tar")
+    assert epoch_samples([str(corpora["alpha"]), str(corpora["beta"])]) == 32 + 16
+    assert epoch_samples([pattern]) == 16  # counts from the index.json beside the tars
+    stream = PretrainStream(data_cfg([pattern]), rank=0, world_size=1, seed=0, batch_size=2)
+    assert stream.epoch_samples == 16
+    keys = {k for b in take(stream, 20) for k in b["key"]}
+    assert keys <= {f"alpha-s{s}o{i}" for s in range(2) for i in range(8)}
+    bare = shutil.copytree(corpora["beta"], tmp_path / "bare")
+    (bare / "index.json").unlink()
+    with pytest.raises(ValueError, match="index.json"):
+        epoch_samples([str(bare / "shard-{000000..000001}.tar")])
+
+
+def test_corpora_mixed_by_weight(corpora):
+    cfg = data_cfg([corpora["alpha"], corpora["beta"]], weights=[3.0, 1.0], imgfeat_tag="tiny")
+    keys = [k for b in take(PretrainStream(cfg, rank=0, world_size=1, seed=0, batch_size=20), 12) for k in b["key"]]
+    share = sum(k.startswith("alpha-") for k in keys) / len(keys)
+    assert 0.65 < share < 0.85, share
+    only = data_cfg([corpora["alpha"], corpora["beta"]], weights=[1.0, 0.0], imgfeat_tag="tiny")
+    keys = [k for b in take(PretrainStream(only, rank=0, world_size=1, seed=0, batch_size=20), 3) for k in b["key"]]
+    assert all(k.startswith("alpha-") for k in keys)
+
+
+def test_finite_passes_split_by_rank(corpora):
+    cfg = data_cfg([corpora["alpha"]], resampled=False, shuffle_buffer=0, imgfeat_tag="tiny")
+    per_rank = []
+    for rank in range(2):
+        stream = PretrainStream(cfg, rank=rank, world_size=2, seed=5, batch_size=4)
+        per_rank.append([k for b in take(stream, 4) for k in b["key"]])  # 2 shards x 8 = one pass
+    assert not set(per_rank[0]) & set(per_rank[1])
+    assert len(set(per_rank[0]) | set(per_rank[1])) == 32
+    with pytest.raises(ConfigError, match="data.resampled"):
+        PretrainStream(data_cfg([corpora["beta"]], resampled=False), rank=0, world_size=4, seed=0, batch_size=2)
+
+
+def test_bad_settings_refused(corpora):
+    with pytest.raises(ConfigError, match="data.views_per_step"):
+        PretrainStream(data_cfg([corpora["alpha"]], views_per_step=2), rank=0, world_size=1, seed=0, batch_size=2)
+    with pytest.raises(ConfigError, match="data.weights"):
+        PretrainStream(data_cfg([corpora["alpha"]], weights=[1.0, 2.0]), rank=0, world_size=1, seed=0, batch_size=2)
+    with pytest.raises(ValueError, match="rank 2"):
+        PretrainStream(data_cfg([corpora["alpha"]]), rank=2, world_size=2, seed=0, batch_size=2)

@@ -1,0 +1,188 @@
+"""Downstream evaluation: zero-shot, few-shot / supervised GDPA training, reports, bad inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from c2p.config import load_config
+from c2p.config.downstream import DownstreamConfig
+from c2p.eval.features import EvalError, ViewFeatureCache, ViewSetting, load_depth_tower, load_split
+from c2p.eval.report import classification_metrics
+from c2p.eval.zeroshot import evaluate_zeroshot, zeroshot_logits
+
+torch.set_num_threads(1)
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+def _write_off(path: Path, mesh) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    v, f = np.asarray(mesh.vertices), np.asarray(mesh.faces)
+    lines = ["OFF", f"{len(v)} {len(f)} 0"] + [f"{a:.6f} {b:.6f} {c:.6f}" for a, b, c in v] + [f"3 {a} {b} {c}" for a, b, c in f]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _modelnet_shapes(root: Path, per_class: int, splits=("test",)) -> Path:
+    """A ModelNet-layout corpus of three hand-built shapes: ball (sphere), rod (long thin box
+    along z), plate (flat square). Sizes vary a little so no two objects are the same."""
+    import trimesh
+
+    for split in splits:
+        for i in range(per_class):
+            s = 1.0 + 0.1 * i
+            shapes = {
+                "ball": trimesh.creation.icosphere(subdivisions=2, radius=s),
+                "rod": trimesh.creation.box(extents=(0.08 * s, 0.08 * s, 2.0 * s)),
+                "plate": trimesh.creation.box(extents=(1.5 * s, 1.5 * s, 0.03)),
+            }
+            for name, mesh in shapes.items():
+                _write_off(root / name / split / f"{name}_{split}_{i:04d}.off", mesh)
+    return root
+
+
+class CoverageTower(nn.Module):
+    """A visual tower whose output is known: feature = [covered fraction of the image, 0.3].
+
+    A pixel is covered when its first channel is below the background value: the depth
+    normaliser maps covered pixels into [0, 200/255] and the background to 1.0 before CLIP's
+    mean/std.
+    """
+
+    def __init__(self):
+        super().__init__()
+        from c2p.render import CLIP_MEAN, CLIP_STD
+
+        self.background = (1.0 - float(CLIP_MEAN[0])) / float(CLIP_STD[0])
+        self.dummy = nn.Parameter(torch.zeros(1))  # so module_hash / .to() have state
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        covered = (images[:, 0] < self.background - 1e-3).float().mean(dim=(1, 2))
+        return torch.stack([covered, torch.full_like(covered, 0.3)], dim=1) + 0 * self.dummy
+
+
+def _cfg(tmp_path: Path, root: Path, corpus: str, *overrides: str) -> DownstreamConfig:
+    return load_config(
+        DownstreamConfig,
+        None,
+        [f"data.root={root}", f"data.corpus={corpus}", f"run.dir={tmp_path / 'runs'}", "run.name=t", "encoder.device=cpu", *overrides],
+    )
+
+
+# ----------------------------------------------------------------------------- zero-shot
+
+
+def test_zeroshot_logits_sum_cosines_over_views():
+    views = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])  # one object, two views
+    text = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    got = zeroshot_logits(views, text)
+    s = 2**-0.5
+    assert torch.allclose(got, torch.tensor([[1.0, 1.0, 2 * s]]))
+
+
+def test_zeroshot_hand_built_case_gives_the_expected_accuracy(tmp_path):
+    """ball → text [1,0], rod → [0,1], plate → [-1,-1]: with a tower whose features are
+    [coverage, 0.3] >= 0, a ball (coverage ~0.8 in every view) is always 'ball', a rod
+    (coverage < 0.05) always 'rod', and a plate can never be 'plate'. Top-1 is exactly 2/3."""
+    root = _modelnet_shapes(tmp_path / "mn", per_class=2)
+    cfg = _cfg(tmp_path, root, "modelnet", "data.rotate_zup=true", "data.points=512", "encoder.image_size=32", "encoder.views=6", "encoder.radius=0.08")
+    classes = ["ball", "plate", "rod"]  # the corpus's sorted labels
+    text = torch.tensor([[1.0, 0.0], [-1.0, -1.0], [0.0, 1.0]])
+    res = evaluate_zeroshot(cfg, visual=CoverageTower(), text_features=text)
+    m = res["metrics"]
+    assert m["n"] == 6
+    assert m["top1"] == pytest.approx(4 / 6)
+    assert m["per_class_acc"] == {"ball": 1.0, "plate": 0.0, "rod": 1.0}
+    assert m["mean_class_acc"] == pytest.approx(2 / 3)
+    assert m["top5"] == 1.0 and m["top5_k"] == 3
+    out = tmp_path / "runs" / "t" / "eval" / "zeroshot"
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["metrics"]["top1"] == pytest.approx(4 / 6) and saved["classes"] == classes
+    assert np.asarray(saved["confusion"]).trace() == 4
+    assert (out / "confusion.png").stat().st_size > 0 and "| ball | 100.00 |" in (out / "results.md").read_text()
+    # the second run reads the cached view features and gives the same answer
+    again = evaluate_zeroshot(cfg, visual=CoverageTower(), text_features=text)
+    assert again["metrics"] == m
+
+
+def test_feature_cache_hits_and_keys(tmp_path):
+    pts = torch.randn(3, 64, 3)
+    pts = pts / pts.norm(dim=-1).amax()
+    cache = ViewFeatureCache(tmp_path)
+    setting = ViewSetting(views="6", image_size=16)
+    tower = CoverageTower()
+    a = cache.features(pts, tower, setting)
+    b = cache.features(pts, tower, setting)
+    assert cache.misses == 1 and cache.hits == 1 and torch.equal(a, b) and a.shape == (3, 6, 2)
+    cache.features(pts, tower, ViewSetting(views="10", image_size=16))  # another setting → another entry
+    cache.features(pts + 0.01, tower, setting)  # other points → another entry
+    assert cache.misses == 3 and len(list(tmp_path.glob("*.pt"))) == 3
+
+
+def test_zeroshot_with_tiny_clip_writes_a_report(tmp_path):
+    root = _modelnet_shapes(tmp_path / "mn", per_class=1)
+    cfg = _cfg(tmp_path, root, "modelnet", "encoder.model=c2p-tiny", "data.points=256", "encoder.views=6", "data.rotate_zup=true")
+    res = evaluate_zeroshot(cfg)
+    assert res["encoder"] == "clip_visual" and res["image_size"] == 32
+    assert 0.0 <= res["metrics"]["top1"] <= 1.0 and res["metrics"]["n"] == 3
+    assert Path(res["report"]["json"]).is_file()
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def test_classification_metrics():
+    logits = torch.tensor([[3.0, 2.0, 1.0], [3.0, 2.0, 1.0], [1.0, 3.0, 2.0], [1.0, 2.0, 3.0]])
+    labels = torch.tensor([0, 1, 1, 1])
+    m, cm = classification_metrics(logits, labels, ["a", "b", "c"])
+    assert m["top1"] == 0.5 and m["per_class_acc"] == {"a": 1.0, "b": 1 / 3, "c": None}
+    assert m["mean_class_acc"] == pytest.approx((1 + 1 / 3) / 2)
+    assert cm.tolist() == [[1, 0, 0], [1, 1, 1], [0, 0, 0]]
+
+
+# ----------------------------------------------------------------------------- bad inputs
+
+
+def test_class_list_not_matching_the_corpus_is_named(tmp_path):
+    root = _modelnet_shapes(tmp_path / "mn", per_class=1)
+    cfg = _cfg(tmp_path, root, "modelnet", "data.classes=[ball,rod,cube]")
+    with pytest.raises(EvalError, match=r"labels not in data.classes: \['plate'\].*not in the corpus: \['cube'\]"):
+        load_split(cfg.data, "test")
+
+
+def test_class_list_in_another_order_is_remapped(tmp_path):
+    root = _modelnet_shapes(tmp_path / "mn", per_class=1)
+    cfg = _cfg(tmp_path, root, "modelnet", "data.classes=[rod,ball,plate]", "data.points=64")
+    split = load_split(cfg.data, "test")
+    assert split.classes == ["rod", "ball", "plate"]
+    assert [split.classes[i] for i in split.labels.tolist()] == [u.split("_")[0] for u in split.uids]
+
+
+def test_empty_split_is_named(tmp_path):
+    root = _modelnet_shapes(tmp_path / "mn", per_class=1, splits=("train",))
+    for c in ("ball", "plate", "rod"):
+        (root / c / "test").mkdir()
+    cfg = _cfg(tmp_path, root, "modelnet")
+    with pytest.raises(EvalError, match=r"split 'test' is empty"):
+        load_split(cfg.data, "test")
+
+
+def test_depth_tower_of_another_model_size_is_named(tmp_path):
+    from safetensors.torch import save_file
+
+    from c2p.models.clip import create_clip
+
+    small = create_clip("c2p-small").visual
+    path = tmp_path / "depth_tower.safetensors"
+    save_file({k: v.contiguous() for k, v in small.state_dict().items()}, str(path))
+    tiny = create_clip("c2p-tiny").visual
+    with pytest.raises(EvalError, match=r"depth_tower.safetensors is a checkpoint of another model size: tensor '.*' has shape"):
+        load_depth_tower(path, tiny, "c2p-tiny")
+    with pytest.raises(EvalError, match="does not exist"):
+        load_depth_tower(tmp_path / "nope.safetensors", tiny, "c2p-tiny")

@@ -1,0 +1,137 @@
+"""NT-Xent and the CLIP2Point loss against explicit-loop references, and gathered negatives
+over 2 gloo processes against one process holding the whole batch."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from c2p.losses import CLIP2PointLoss, NTXentLoss
+
+
+def reference_ntxent(a: torch.Tensor, b: torch.Tensor, t: float) -> float:
+    """SimCLR NT-Xent written out: 2N anchors, positive = partner, 2N-1 candidates."""
+    a = [x / x.norm() for x in a.double()]
+    b = [x / x.norm() for x in b.double()]
+    z, n = a + b, len(a)
+    total = 0.0
+    for i in range(2 * n):
+        pos = i + n if i < n else i - n
+        denom = sum(math.exp(float(z[i] @ z[k]) / t) for k in range(2 * n) if k != i)
+        total += -(float(z[i] @ z[pos]) / t - math.log(denom))
+    return total / (2 * n)
+
+
+@pytest.mark.parametrize("n,d,t", [(2, 3, 0.07), (5, 8, 0.07), (7, 4, 0.5)])
+def test_ntxent_equals_reference(n, d, t):
+    g = torch.Generator().manual_seed(n * 100 + d)
+    a, b = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g) * 3.0  # scale: normalised inside
+    assert NTXentLoss(t)(a, b).item() == pytest.approx(reference_ntxent(a, b, t), rel=1e-5, abs=1e-5)
+
+
+def test_ntxent_perfect_pairs_lower_than_random():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(16, 32, generator=g)
+    loss = NTXentLoss()
+    assert loss(a, a + 0.01 * torch.randn(16, 32, generator=g)) < loss(a, torch.randn(16, 32, generator=g))
+
+
+def test_ntxent_rejects_bad_shapes():
+    with pytest.raises(ValueError, match=r"\(4, 3\) and \(5, 3\)"):
+        NTXentLoss()(torch.randn(4, 3), torch.randn(5, 3))
+    with pytest.raises(ValueError, match="temperature"):
+        NTXentLoss(0.0)
+
+
+def test_clip2point_loss_formula_and_gradients():
+    g = torch.Generator().manual_seed(1)
+    d1, d2, img = (torch.randn(6, 8, generator=g, requires_grad=True) for _ in range(3))
+    crit = CLIP2PointLoss(0.07, intra=True)
+    with torch.no_grad():
+        crit.w.fill_(1.5)
+    out = crit(d1, d2, img)
+    cross = reference_ntxent(((d1 + d2) / 2).detach(), img.detach(), 0.07)
+    intra = reference_ntxent(d1.detach(), d2.detach(), 0.07)
+    assert out["loss_cross"].item() == pytest.approx(cross, rel=1e-5)
+    assert out["loss_intra"].item() == pytest.approx(intra, rel=1e-5)
+    assert out["loss"].item() == pytest.approx(cross + intra / 1.5**2 + math.log(2.5), rel=1e-5)
+    assert out["w"].item() == pytest.approx(1.5)
+    out["loss"].backward()
+    assert d1.grad.abs().sum() > 0 and d2.grad.abs().sum() > 0
+    assert img.grad is None  # the image tower is frozen: no gradient into its features
+    # dL/dw = -2 L_intra / w^3 + 1 / (w + 1)
+    assert crit.w.grad.item() == pytest.approx(-2 * intra / 1.5**3 + 1 / 2.5, rel=1e-4)
+
+
+def test_clip2point_loss_without_intra_is_cross_only():
+    g = torch.Generator().manual_seed(2)
+    d1, d2, img = (torch.randn(5, 8, generator=g, requires_grad=True) for _ in range(3))
+    crit = CLIP2PointLoss(0.07, intra=False)
+    out = crit(d1, d2, img)
+    assert out["loss"].item() == pytest.approx(out["loss_cross"].item())
+    assert out["loss_intra"].item() == pytest.approx(reference_ntxent(d1.detach(), d2.detach(), 0.07), rel=1e-5)
+    out["loss"].backward()
+    assert not crit.w.requires_grad and crit.w.grad is None
+    assert d1.grad.abs().sum() > 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _gather_worker(rank: int, world: int, port: int, a, b, img, results) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        n = a.shape[0] // world
+        sl = slice(rank * n, (rank + 1) * n)
+        la, lb = a[sl].clone().requires_grad_(True), b[sl].clone().requires_grad_(True)
+        loss = NTXentLoss(0.07, gather=True)(la, lb)
+        loss.backward()
+        local = NTXentLoss(0.07, gather=False)(a[sl], b[sl])
+        crit = CLIP2PointLoss(0.07, intra=True, global_negatives=True)
+        out = crit(a[sl], b[sl], img[sl])
+        out["loss"].backward()
+        results[rank] = (loss.item(), la.grad, lb.grad, local.item(), out["loss"].item(), crit.w.grad.clone())
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_gathered_negatives_match_single_process_over_global_batch():
+    world, n, d = 2, 4, 6
+    g = torch.Generator().manual_seed(3)
+    a, b, img = (torch.randn(world * n, d, generator=g) for _ in range(3))
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_gather_worker, args=(world, _free_port(), a, b, img, results), nprocs=world, join=True)
+        results = dict(results)
+
+    ga, gb = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
+    full = NTXentLoss(0.07)(ga, gb)
+    full.backward()
+    # mean of the per-rank losses = loss over the concatenated batch
+    assert sum(r[0] for r in results.values()) / world == pytest.approx(full.item(), rel=1e-5)
+    # gradients: each rank's slice gets sum over ranks of d L_r = W * d L_global
+    for rank, (_, grad_a, grad_b, local, *_rest) in results.items():
+        sl = slice(rank * n, (rank + 1) * n)
+        torch.testing.assert_close(grad_a, world * ga.grad[sl], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(grad_b, world * gb.grad[sl], rtol=1e-4, atol=1e-6)
+        # and global negatives really differ from per-rank negatives
+        assert local != pytest.approx(results[rank][0], rel=1e-4)
+
+    crit = CLIP2PointLoss(0.07, intra=True)
+    out = crit(a, b, img)
+    out["loss"].backward()
+    assert sum(r[4] for r in results.values()) / world == pytest.approx(out["loss"].item(), rel=1e-5)
+    assert sum(r[5].item() for r in results.values()) / world == pytest.approx(crit.w.grad.item(), rel=1e-4)
