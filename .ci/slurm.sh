@@ -44,7 +44,8 @@ SlurmctldPort=$CTLD_PORT
 SlurmdPort=$SLURMD_PORT
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$MUNGE_SOCKET
+# cred_expire also delays a requeued job's restart (default 120 s): short for tests.
+AuthInfo=socket=$MUNGE_SOCKET,cred_expire=10
 SlurmUser=root
 SlurmdUser=root
 StateSaveLocation=$STATE/ctld
@@ -72,7 +73,7 @@ MinJobAge=300
 JobRequeue=1
 # Refuse at submission what the partition can never run (e.g. more tasks than CPUs).
 EnforcePartLimits=ALL
-KillWait=10
+KillWait=5
 SchedulerParameters=batch_sched_delay=1,sched_min_interval=100000
 MailProg=/bin/true
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN

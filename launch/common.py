@@ -73,6 +73,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 __all__ = [
     "LaunchError",
+    "JobFailedError",
     "ClusterOptions",
     "ClusterTask",
     "RayClusterTask",
@@ -96,7 +97,11 @@ __all__ = [
 
 
 class LaunchError(RuntimeError):
-    """A job that cannot be (or was not) submitted or did not finish: the message says why."""
+    """A job that cannot be (or was not) submitted: the message says why."""
+
+
+class JobFailedError(LaunchError):
+    """A submitted job (or array element) ended without a result: the message names its logs."""
 
 
 # ----------------------------------------------------------------------------- options
@@ -610,7 +615,7 @@ def collect(jobs: Sequence[Any], timeout_s: float | None = None) -> list[Any]:
             failures.append(f"[{i}] job {job.job_id}: {str(e).strip()[-2000:]}\n    logs: {job.paths.stderr}")
             results.append(None)
     if failures:
-        raise LaunchError(f"{len(failures)} of {len(jobs)} job(s) failed:\n" + "\n".join(failures))
+        raise JobFailedError(f"{len(failures)} of {len(jobs)} job(s) failed:\n" + "\n".join(failures))
     return results
 
 

@@ -50,7 +50,8 @@ class ImageFeatureEncoder:
 
         from c2p.render import CLIP_MEAN, CLIP_STD
 
-        x = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device).permute(0, 3, 1, 2).float() / 255.0
+        x = torch.from_numpy(np.array(rgb, copy=True))  # Ray hands read-only views of the object store
+        x = x.to(self.device).permute(0, 3, 1, 2).float() / 255.0
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
             x = F.interpolate(x, size=(self.size, self.size), mode="bicubic", align_corners=False, antialias=True).clamp_(0, 1)
         mean = torch.as_tensor(CLIP_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)

@@ -96,9 +96,20 @@ def _shard_task(spec, cfg, fingerprint, actors, fault) -> ShardResult:
     """Body of the Ray task: the EGL context goes to the GPU Ray assigned to this task."""
     import ray
 
-    gpu_ids = ray.get_gpu_ids()
-    device_index = int(gpu_ids[0]) if gpu_ids else None
-    return render_shard(spec, cfg, fingerprint, feature_actors=actors, device_index=device_index, fault=fault)
+    return render_shard(spec, cfg, fingerprint, feature_actors=actors, device_index=_cuda_ordinal(ray.get_gpu_ids()), fault=fault)
+
+
+def _cuda_ordinal(gpu_ids: list) -> int | None:
+    """CUDA ordinal, as this process sees it, of the first GPU Ray assigned (None: no GPU).
+
+    Ray restricts CUDA_VISIBLE_DEVICES to the assigned GPUs, so their physical ids become
+    ordinals 0..n-1 here; the renderer maps the ordinal to its EGL device.
+    """
+    if not gpu_ids:
+        return None
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    gpu = str(gpu_ids[0])
+    return visible.index(gpu) if gpu in visible else int(gpu)
 
 
 def _init_ray(address: str | None) -> bool:

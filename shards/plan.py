@@ -47,8 +47,8 @@ class ShardSpec:
 class RenderPlan:
     """Objects cut into shards, the settings they are rendered with, and what could not be listed.
 
-    ``fingerprint``: sha256 (16 hex) of the settings and every shard's ordered keys; two
-    plans with the same fingerprint produce byte-identical shards.
+    ``fingerprint``: sha256 (16 hex) of the settings, the label list and every shard's
+    ordered refs; two plans with the same fingerprint produce byte-identical shards.
     """
 
     corpus: str
@@ -151,10 +151,12 @@ def make_plan(cfg: RenderJobConfig, refs: list[ObjectRef], listing_errors: list[
     shards, duplicates = assign_shards(refs, cfg.job.shard_size)
     errors = [error_record(e.corpus, e.uid, e.source, "list", "CorpusError", e.reason) for e in listing_errors] + duplicates
     settings = render_settings(cfg)
-    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    # Everything a sample's bytes depend on besides the settings: the refs (label, label
+    # index, source, caption go into meta.json) and the label list.
+    h = hashlib.sha256(json.dumps([settings, list(labels)], sort_keys=True).encode())
     for spec in shards:
         h.update(f"\n{spec.index}:".encode())
-        h.update("\0".join(make_key(r.corpus, r.uid) for r in spec.refs).encode())
+        h.update(json.dumps([dataclasses.astuple(r) for r in spec.refs]).encode())
     return RenderPlan(
         corpus=cfg.corpus.name, settings=settings, labels=list(labels), shards=shards,
         listing_errors=errors, fingerprint=h.hexdigest()[:16],

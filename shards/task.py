@@ -292,6 +292,10 @@ def render_object(ref: Any, cfg: RenderJobConfig, view_angles: np.ndarray, devic
     return RenderedObject(make_key(ref.corpus, ref.uid), points, meta, rgb, depth, ref.caption or "")
 
 
+def _views(stack: np.ndarray | None) -> list[np.ndarray] | None:
+    return None if stack is None else list(stack)
+
+
 # ----------------------------------------------------------------------------- fault injection
 
 
@@ -363,7 +367,8 @@ def render_shard(spec: ShardSpec, cfg: RenderJobConfig, fingerprint: str, *, fea
                     timings["features"] += time.perf_counter() - t
                 t = time.perf_counter()
                 try:
-                    sample = encode_sample(obj.key, obj.points, obj.meta, rgb=obj.rgb, depth=obj.depth, imgfeat=feats,
+                    # encode_sample takes per-view sequences (``rgb or []`` would test an array's truth)
+                    sample = encode_sample(obj.key, obj.points, obj.meta, rgb=_views(obj.rgb), depth=_views(obj.depth), imgfeat=feats,
                                            caption=obj.caption or None, image_format=cfg.views.image_format)
                 except ValueError as e:
                     errors.append(error_record(obj.meta.corpus, obj.meta.uid, obj.meta.source, "encode", "ValueError", str(e)))

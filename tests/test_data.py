@@ -267,3 +267,72 @@ def test_bad_settings_refused(corpora):
         PretrainStream(data_cfg([corpora["alpha"]], weights=[1.0, 2.0]), rank=0, world_size=1, seed=0, batch_size=2)
     with pytest.raises(ValueError, match="rank 2"):
         PretrainStream(data_cfg([corpora["alpha"]]), rank=2, world_size=2, seed=0, batch_size=2)
+
+
+def test_cached_npy_decoder_matches_numpy():
+    from c2p.data.sample import decode_npy_cached
+    from c2p.schema import decode_npy
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.random((64, 3)).astype(np.float16), np.asfortranarray(rng.random((5, 7))), np.arange(3), np.float32(2.5)]
+    for a in arrays:
+        import io
+
+        buf = io.BytesIO()
+        np.save(buf, a)
+        for _ in range(2):  # the second time from the header cache
+            got = decode_npy_cached(buf.getvalue())
+            assert got.dtype == decode_npy(buf.getvalue()).dtype and np.array_equal(got, a)
+    with pytest.raises(ValueError, match="expected 384"):
+        buf = io.BytesIO()
+        np.save(buf, arrays[0])
+        decode_npy_cached(buf.getvalue()[:300])
+
+
+def test_reader_counts_each_broken_shard_once(corpora):
+    from c2p.data.reader import ReadStats, read_samples
+
+    broken = corpora["broken"]
+    stats = ReadStats()
+    urls = [str(broken / SHARD_PATTERN.format(i)) for i in range(4)]
+    keys = [s["__key__"] for s in read_samples(urls, stats)]
+    assert stats.corrupt_shards == 2 and stats.shards_opened == 4
+    assert "shard-000002.tar" in stats.last_error or "shard-000001.tar" in stats.last_error
+    assert keys[:8] == [f"broken-s0o{i}" for i in range(8)]
+    assert 0 < sum(k.startswith("broken-s1") for k in keys) < 8  # the readable head of the truncated tar
+    assert keys[-4:] == [f"broken-x{i}" for i in range(4)]  # x2 is read; decoding skips it
+
+
+@pytest.mark.parametrize("fmt", ["ustar", "pax", "gnu", "gz"])
+def test_tar_members_match_tarfile(tmp_path, fmt):
+    """The fast member reader agrees with tarfile on what other writers produce (long names, pax, gzip)."""
+    import io
+    import tarfile
+
+    from c2p.data.tarmembers import iter_members
+
+    names = ["a.points.npy", "a.meta.json", "b" * 120 + ".rgb.0.png", "dir/c.txt", "héllo.txt"]
+    if fmt == "ustar":
+        names = [n for n in names if len(n) < 100 and n.isascii()]
+    path = tmp_path / ("x.tar.gz" if fmt == "gz" else "x.tar")
+    tar_format = {"ustar": tarfile.USTAR_FORMAT, "pax": tarfile.PAX_FORMAT, "gnu": tarfile.GNU_FORMAT, "gz": tarfile.PAX_FORMAT}
+    with tarfile.open(path, "w:gz" if fmt == "gz" else "w", format=tar_format[fmt]) as tar:
+        tar.addfile(tarfile.TarInfo("dir"), None) if False else None
+        info = tarfile.TarInfo("dir")
+        info.type = tarfile.DIRTYPE
+        tar.addfile(info)
+        for i, name in enumerate(names):
+            data = bytes([i]) * (700 * i + 3)
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    got = list(iter_members(str(path)))
+    assert [n for n, _ in got] == names
+    assert [d for _, d in got] == [bytes([i]) * (700 * i + 3) for i in range(len(names))]
+    assert [n for n, _ in iter_members(str(path), select=lambda n: n.endswith(".txt"))] == [n for n in names if n.endswith(".txt")]
+    if fmt != "gz":  # cut anywhere: always an error, never a quiet early end
+        whole = path.read_bytes()
+        for cut in (100, 600, len(whole) // 2, len(whole) - 1024 - 1):
+            path.write_bytes(whole[:cut])
+            with pytest.raises(tarfile.ReadError):
+                list(iter_members(str(path), select=lambda n: False))

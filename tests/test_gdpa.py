@@ -107,3 +107,13 @@ def test_sample_shots():
     assert any(sample_shots(labels, 3, 2, seed=s).tolist() != a.tolist() for s in range(1, 6))
     with pytest.raises(ValueError, match="class index 0 has 3 training objects; expected at least 4"):
         sample_shots(labels, 3, 4, seed=0)
+
+
+def test_cosine_schedule_anneals_the_learning_rate():
+    data = _features(2, seed=0, noise_clip=1.0, noise_depth=1.0)
+    torch.manual_seed(0)
+    a = GatedDualPathAdapter(_text(), V)
+    h = train_adapter(a, data, epochs=4, lr=1e-2, seed=0, schedule="cosine")
+    lrs = [e["lr"] for e in h]
+    assert lrs[0] == pytest.approx(1e-2) and lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.2e-2
+    assert all(e["lr"] == 1e-2 for e in train_adapter(a, data, epochs=2, lr=1e-2, seed=0))

@@ -52,6 +52,7 @@ class FinetuneConfig:
     lr: float = option(1e-3, "AdamW learning rate", gt=0.0)
     weight_decay: float = option(1e-2, "AdamW weight decay", ge=0.0)
     batch_size: int = option(32, "adapter batch", ge=1)
+    schedule: str = option("constant", "learning rate over epochs: constant, or cosine annealing to 0", choices=["constant", "cosine"])
 
 
 @dataclass

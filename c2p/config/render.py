@@ -19,12 +19,16 @@ class CorpusConfig:
 
 @dataclass
 class ViewsConfig:
-    set: str = option("10", "the original's view set", choices=["10", "6"])
+    # `views.set=6` on a command line parses as an int: accepted and stored as the string "6".
+    set: str | int = option("10", "the original's view set", choices=["10", "6", 10, 6])
     dist: float = option(1.0, "camera distance (RGB: perspective at twice this)", gt=0.0)
     image_size: int = option(224, "render size in pixels", ge=8)
     image_format: str = option("png", "RGB encoding", choices=["png", "webp"])
     depth_png: bool = option(False, "also store 16-bit depth.<v>.png of each view")
     light: str = option("random", "directional light: seeded random per object, or fixed", choices=["random", "fixed"])
+
+    def validate(self) -> None:
+        self.set = str(self.set)
 
 
 @dataclass

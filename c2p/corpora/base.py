@@ -84,6 +84,7 @@ class Corpus:
 
     name: str = "corpus"
     up_axis: str = "y"
+    root_is_file: bool = False  # the manifest reader's root is its .jsonl file
 
     def __init__(self, root: str | Path, split: str = "train", name: str | None = None):
         if split not in SPLITS:
@@ -91,6 +92,9 @@ class Corpus:
         self.root = Path(root)
         if not self.root.exists():
             raise CorpusError(self.root, f"{type(self).__name__} root does not exist")
+        if self.root_is_file != self.root.is_file():
+            expected = "a file" if self.root_is_file else "a folder"
+            raise CorpusError(self.root, f"{type(self).__name__} root is not {expected}")
         self.split = split
         if name is not None:
             self.name = name
@@ -132,6 +136,10 @@ class Corpus:
 
     def label_index(self, label: str) -> int:
         return self.labels.index(label)
+
+    def class_names(self) -> list[str]:
+        """Labels as words for text prompts, in label order: "night_stand" → "night stand"."""
+        return [label.replace("_", " ") for label in self.labels]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, root={str(self.root)!r}, split={self.split!r}, labels={len(self.labels)})"
@@ -185,7 +193,7 @@ def check_mesh(source: str | Path, mesh: Any) -> Any:
     elif isinstance(mesh, trimesh.Trimesh):
         geoms = [mesh]
     else:
-        raise CorpusError(source, f"loaded a {type(mesh).__name__}, expected a triangle mesh")
+        raise CorpusError(source, f"loaded a {type(mesh).__name__} without triangles, expected a triangle mesh")
     faces = sum(len(g.faces) for g in geoms)
     if faces == 0:
         raise CorpusError(source, "mesh has no triangles")

@@ -70,30 +70,53 @@ def parse_off(data: bytes | str, source: str | Path = "<off>") -> tuple[np.ndarr
         raise CorpusError(source, f"{nv} vertices and {nf} faces, expected both > 0")
     if len(lines) < pos + nv + nf:
         raise CorpusError(source, f"truncated: header says {nv} vertices + {nf} faces, file has {len(lines) - pos} data lines")
-    try:
-        verts = np.array([[float(x) for x in lines[pos + i].split()[:3]] for i in range(nv)], dtype=np.float64)
-    except ValueError as exc:
-        raise CorpusError(source, f"bad vertex line: {exc}") from exc
+    verts = _vertex_block(lines[pos : pos + nv], nv, source)
     if verts.shape != (nv, 3):
         raise CorpusError(source, "vertex lines with fewer than 3 coordinates")
     if not np.isfinite(verts).all():
         raise CorpusError(source, f"{int((~np.isfinite(verts)).any(axis=1).sum())} vertices with NaN/inf coordinates")
+    faces = _face_block(lines[pos + nv : pos + nv + nf], source)
+    if faces.min() < 0 or faces.max() >= nv:
+        raise CorpusError(source, f"face indices in [{faces.min()}, {faces.max()}], expected [0, {nv - 1}]")
+    return verts, faces
+
+
+def _vertex_block(lines: list[str], nv: int, source) -> np.ndarray:
+    """[nv, 3] float64 from vertex lines; extra columns (normals, colours) are dropped."""
+    tokens = " ".join(lines).split()
+    try:
+        if len(tokens) == 3 * nv:  # the common case, parsed in one numpy call
+            return np.asarray(tokens, dtype=np.float64).reshape(nv, 3)
+        rows = [ln.split() for ln in lines]
+        if any(len(r) < 3 for r in rows):
+            raise CorpusError(source, "vertex lines with fewer than 3 coordinates")
+        return np.asarray([r[:3] for r in rows], dtype=np.float64)
+    except ValueError as exc:
+        raise CorpusError(source, f"bad vertex line: {exc}") from exc
+
+
+def _face_block(lines: list[str], source) -> np.ndarray:
+    """[F, 3] int64 triangles from face lines: polygons fan-triangulated, trailing colours dropped."""
+    tokens = " ".join(lines).split()
+    if len(tokens) == 4 * len(lines):  # all "3 a b c": one numpy call
+        try:
+            arr = np.asarray(tokens, dtype=np.int64).reshape(-1, 4)
+        except ValueError:
+            arr = None
+        if arr is not None and (arr[:, 0] == 3).all():
+            return arr[:, 1:].copy()
     tris: list[tuple[int, int, int]] = []
-    for i in range(nf):
-        tok = lines[pos + nv + i].split()
+    for i, line in enumerate(lines):
+        tok = line.split()
         try:
             k = int(tok[0])
             idx = [int(x) for x in tok[1 : 1 + k]]
         except (ValueError, IndexError) as exc:
-            raise CorpusError(source, f"bad face line {i}: {' '.join(tok)[:60]!r}") from exc
+            raise CorpusError(source, f"bad face line {i}: {line[:60]!r}") from exc
         if len(idx) != k or k < 3:
             raise CorpusError(source, f"face {i} has {len(idx)} of {k} indices, expected >= 3")
-        for j in range(1, k - 1):  # fan triangulation of polygons
-            tris.append((idx[0], idx[j], idx[j + 1]))
-    faces = np.asarray(tris, dtype=np.int64)
-    if faces.min() < 0 or faces.max() >= nv:
-        raise CorpusError(source, f"face indices in [{faces.min()}, {faces.max()}], expected [0, {nv - 1}]")
-    return verts, faces
+        tris.extend((idx[0], idx[j], idx[j + 1]) for j in range(1, k - 1))  # fan triangulation
+    return np.asarray(tris, dtype=np.int64)
 
 
 def write_off(path: Path, vertices: np.ndarray, faces: np.ndarray) -> None:

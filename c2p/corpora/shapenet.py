@@ -23,6 +23,8 @@ import logging
 import re
 from pathlib import Path
 
+from trimesh.resolvers import FilePathResolver
+
 from c2p.corpora.base import (
     Corpus,
     CorpusError,
@@ -50,28 +52,35 @@ def synset_label(name: str) -> str:
     return name.split(",")[0].strip()
 
 
+class BoundedResolver(FilePathResolver):
+    """trimesh file resolver that allows ``..`` in asset paths, but only inside ``bound``.
+
+    trimesh >= 5 refuses "../images/texture0.jpg"; ShapeNet's MTLs need it. A module-level
+    class (not a closure) because trimesh keeps the resolver on the loaded mesh, and records
+    travel between Ray workers by pickle.
+    """
+
+    def __init__(self, source: str, bound: str | Path):
+        super().__init__(source, allow_anywhere=True)
+        self.bound = Path(bound).resolve()
+
+    def absolute(self, name: str) -> Path:
+        p = Path(super().absolute(name))
+        if not p.is_relative_to(self.bound):
+            raise ValueError(f"asset {name!r} escapes the object folder {self.bound}")
+        return p
+
+
 def load_mesh_file(path: Path, bound: Path, file_type: str | None = None):
     """Load a mesh file with trimesh keeping visuals; assets may live anywhere under ``bound``.
 
     Returns trimesh.Trimesh or trimesh.Scene; raises CorpusError if unusable.
     """
     import trimesh
-    from trimesh.resolvers import FilePathResolver
-
-    bound_abs = bound.resolve()
-
-    class _BoundedResolver(FilePathResolver):
-        # trimesh >= 5 refuses "../images/x.jpg"; ShapeNet needs it, but only inside the object.
-        def absolute(self, name: str) -> Path:
-            p = super().absolute(name)
-            if not Path(p).is_relative_to(bound_abs):
-                raise ValueError(f"asset {name!r} escapes the object folder {bound_abs}")
-            return p
 
     require_file(path)
-    resolver = _BoundedResolver(str(path), allow_anywhere=True)
     try:
-        mesh = trimesh.load(str(path), file_type=file_type, resolver=resolver, process=False)
+        mesh = trimesh.load(str(path), file_type=file_type, resolver=BoundedResolver(str(path), bound), process=False)
     except Exception as exc:
         raise CorpusError(path, f"unreadable mesh ({type(exc).__name__}: {exc})") from exc
     return check_mesh(path, mesh)

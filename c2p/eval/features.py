@@ -138,6 +138,8 @@ def load_split(cfg: EvalDataConfig, split: str) -> Split:
 
     corpus = open_corpus(cfg.corpus, cfg.root, split=split)
     where = f"corpus {cfg.corpus!r} at {cfg.root} split {split!r}"
+    if getattr(corpus, "up_axis", "y") == "z" and not cfg.rotate_zup:
+        log.warning("%s stores z-up geometry but data.rotate_zup is false: the depth views expect y-up", where)
     labels = list(corpus.labels)
     remap = check_classes(list(cfg.classes), labels, where)
     classes = list(cfg.classes) if cfg.classes else labels
@@ -232,7 +234,8 @@ def encode_views(points: Tensor, visual: nn.Module, setting: ViewSetting, batch_
 def _update_tensor(h, t: Tensor) -> None:
     t = t.detach().cpu().contiguous()
     h.update(f"{t.dtype}{list(t.shape)}".encode())
-    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    # reshape(-1): a 0-d tensor cannot be viewed as bytes
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
 
 
 def module_hash(module: nn.Module) -> str:

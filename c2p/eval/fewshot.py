@@ -14,6 +14,7 @@ sweep's summary to ``<run>/eval/fewshot/``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -38,6 +39,8 @@ __all__ = [
     "prepare",
     "run_fewshot",
     "run_sweep",
+    "run_one",
+    "sweep_configs",
     "collect_sweep",
     "result_dir",
 ]
@@ -95,15 +98,20 @@ def train_adapter(
     batch_size: int = 32,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    schedule: str = "constant",
 ) -> list[dict]:
     """Train ``adapter`` with AdamW and cross-entropy on cached features; returns per-epoch
-    ``{epoch, loss, train_acc, gate}``. Batch order and dropout are drawn from ``seed``."""
+    ``{epoch, loss, train_acc, gate, lr}``. Batch order and dropout are drawn from ``seed``.
+    ``schedule``: "constant" lr, or "cosine" annealing from ``lr`` to 0 over the epochs (stepped per epoch)."""
     if len(data) < 2:
         raise EvalError(f"adapter training set: {len(data)} object(s); expected at least 2 (BatchNorm needs a batch)")
     torch.manual_seed(seed)  # dropout masks
     g = torch.Generator().manual_seed(seed)
     adapter.to(device).train()
     opt = torch.optim.AdamW([p for p in adapter.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule: got {schedule!r}; expected constant or cosine")
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs) if schedule == "cosine" else None
     clip = None if data.clip is None else data.clip.to(device)
     depth = None if data.depth is None else data.depth.to(device)
     labels = data.labels.to(device)
@@ -120,7 +128,9 @@ def train_adapter(
             loss_sum += float(loss.detach()) * idx.numel()
             correct += int((logits.detach().argmax(1) == labels[idx]).sum())
             total += idx.numel()
-        history.append({"epoch": epoch + 1, "loss": loss_sum / total, "train_acc": correct / total, "gate": adapter.gate})
+        history.append({"epoch": epoch + 1, "loss": loss_sum / total, "train_acc": correct / total, "gate": adapter.gate, "lr": opt.param_groups[0]["lr"]})
+        if sched is not None:
+            sched.step()
     return history
 
 
@@ -211,7 +221,7 @@ def run_fewshot(cfg: DownstreamConfig, shots: int, seed: int, prepared: Prepared
         gate_init=cfg.adapter.gate_init, logit_scale=p.logit_scale,
     )
     ft = cfg.finetune
-    history = train_adapter(adapter, train, ft.epochs, ft.lr, ft.weight_decay, ft.batch_size, seed, device)
+    history = train_adapter(adapter, train, ft.epochs, ft.lr, ft.weight_decay, ft.batch_size, seed, device, ft.schedule)
     logits = predict(adapter, p.test, device=device)
     metrics, cm = classification_metrics(logits, p.test.labels, p.classes)
     results = {
@@ -256,6 +266,26 @@ def run_sweep(cfg: DownstreamConfig) -> dict:
     p = prepare(cfg)
     runs = [run_fewshot(cfg, k, s, prepared=p) for k in _sweep_shots(cfg) for s in cfg.finetune.seeds]
     return _write_sweep(cfg, runs)
+
+
+def sweep_configs(cfg: DownstreamConfig) -> list[DownstreamConfig]:
+    """One config per (K, seed) of the sweep, each with a single K and seed: the elements of a
+    job array (each runs :func:`run_one`)."""
+    return [
+        dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, shots=[k or 1], seeds=[s]))
+        for k in _sweep_shots(cfg)
+        for s in cfg.finetune.seeds
+    ]
+
+
+def run_one(cfg: DownstreamConfig) -> dict:
+    """The job of one sweep element: ``run_fewshot(cfg, K, S)`` for the config's single K and seed
+    (K is ignored for ``finetune.task=supervised``). The view-feature cache is shared through
+    ``encoder.cache_dir``, so elements after the first only read features."""
+    ft = cfg.finetune
+    if len(ft.seeds) != 1 or (ft.task == "fewshot" and len(ft.shots) != 1):
+        raise EvalError(f"run_one: finetune.shots={ft.shots} finetune.seeds={ft.seeds}; expected exactly one K and one seed (see sweep_configs)")
+    return run_fewshot(cfg, ft.shots[0] if ft.task == "fewshot" else 0, ft.seeds[0])
 
 
 def collect_sweep(cfg: DownstreamConfig) -> dict:

@@ -8,7 +8,7 @@ the demo run on a CPU:
 | name        | image | patch | vision width×layers | text width×layers | embed | params |
 |-------------|-------|-------|---------------------|-------------------|-------|--------|
 | ``c2p-tiny``  | 32²   | 8     | 64×2                | 64×2 (ctx 77)     | 64    | ~3.4M (3.2M of it the 49408-token embedding) |
-| ``c2p-small`` | 64²   | 8     | 192×4               | 128×4 (ctx 32)    | 128   | ~8.9M  |
+| ``c2p-small`` | 64²   | 8     | 192×4               | 128×4 (ctx 32)    | 128   | ~9.0M (6.3M embedding) |
 
 Both use the default CLIP BPE tokenizer (vocab 49408), so ``get_tokenizer`` works as for
 any open_clip model; ``c2p-small`` shortens the context to 32 tokens because captions and
@@ -53,9 +53,22 @@ def register_tiny_configs() -> list[str]:
     """
     from open_clip import factory
 
+    registry = getattr(factory, "_MODEL_CONFIGS", None)
+    if not isinstance(registry, dict):  # an open_clip without the dict: go through its public file API
+        import json
+        import tempfile
+
+        if set(TINY_CONFIGS) <= set(factory.list_models()):
+            return list(TINY_CONFIGS)
+
+        folder = Path(tempfile.mkdtemp(prefix="c2p-open_clip-configs-"))
+        for name, cfg in TINY_CONFIGS.items():
+            (folder / f"{name}.json").write_text(json.dumps(cfg))
+        factory.add_model_config(folder)
+        return list(TINY_CONFIGS)
     for name, cfg in TINY_CONFIGS.items():
-        if factory._MODEL_CONFIGS.get(name) != cfg:
-            factory._MODEL_CONFIGS[name] = deepcopy(cfg)
+        if registry.get(name) != cfg:
+            registry[name] = deepcopy(cfg)
     return list(TINY_CONFIGS)
 
 

@@ -69,7 +69,7 @@ class CLIP2PointModel(nn.Module):
         # one pass over both views (as the original): batch statistics and speed
         feats = self.depth(depth_pair.transpose(0, 1).reshape(2 * b, *depth_pair.shape[2:]))
         depth1, depth2 = feats[:b], feats[b:]
-        out = self.loss(depth1, depth2, image_feat.to(feats.dtype))
+        out = self.loss(depth1, depth2, image_feat)  # the loss computes in fp32 whatever the towers' dtype
         out["retrieval_top1"] = retrieval_top1((depth1 + depth2).detach() * 0.5, image_feat.detach())
         return out
 

@@ -35,7 +35,7 @@ from c2p.config.core import config_diff
 log = logging.getLogger("c2p.train")
 
 __all__ = [
-    "TAG_PATTERN", "COMMIT_NAME", "LATEST_NAME", "KILL_ENV", "tag_name", "CommittedTag", "ResumeTarget",
+    "TAG_PATTERN", "COMMIT_NAME", "LATEST_NAME", "KILL_ENV", "DUMP_ENV", "tag_name", "CommittedTag", "ResumeTarget",
     "CheckpointMismatchError", "CheckpointManager", "committed_tags", "consolidated_state_dict",
     "export_depth_tower",
 ]
@@ -49,6 +49,9 @@ RANK_STATE = "c2p_rank{rank:05d}.json"
 # Test hook: "STEP:RANK" makes that rank exit right after its shard of tag STEP is written,
 # before the commit marker (simulates a node lost mid-save).
 KILL_ENV = "C2P_CKPT_KILL_AFTER_SHARD"
+# Verification hook: a folder; right after a resume every rank saves what it loaded there as
+# tag "loaded" (compare it with the source tag: weights and optimizer moments must be equal).
+DUMP_ENV = "C2P_CKPT_DUMP_AFTER_LOAD"
 # DeepSpeed's universal converter asks for this in the client state (we write it; --inject_missing_state covers old tags).
 _UNIVERSAL_INFO = {"universal_checkpoint_info": {"universal_checkpoint_version": 0.2}}
 
@@ -267,6 +270,9 @@ class CheckpointManager:
             raise RuntimeError(f"DeepSpeed could not load {target.load_dir / target.tag}")
         state = dict((client or {}).get("c2p", {}))
         state.setdefault("step", target.source.step)
+        dump = os.environ.get(DUMP_ENV)
+        if dump:
+            engine.save_checkpoint(dump, tag="loaded", client_state={"c2p": state, **_UNIVERSAL_INFO}, save_latest=False)
         rank_state = {}
         rank_file = target.source.path / RANK_STATE.format(rank=self.rank)
         if target.source.world_size == self.world_size and rank_file.is_file():

@@ -181,7 +181,7 @@ def run(cfg: PretrainConfig) -> dict:
         if state["step"] % cfg.train.log_every == 0 or last:
             names = ["loss", "loss_cross", "loss_intra", "w", "retrieval_top1"]
             stats = stream.stats() if hasattr(stream, "stats") else {}
-            vals = _reduce_mean([float(out[k]) for k in names] + [float(stats.get("skipped_samples", 0)),
+            vals = _reduce_mean([float(out[k].detach()) for k in names] + [float(stats.get("skipped_samples", 0)),
                                                                  float(stats.get("corrupt_shards", 0))], device)
             now = time.perf_counter()
             n = state["step"] - last_logged
@@ -201,7 +201,7 @@ def run(cfg: PretrainConfig) -> dict:
     if dist.is_initialized() and world > 1:
         dist.barrier()
     return {"step": state["step"], "run_dir": str(run_dir), "checkpoint": str(final), "export": export,
-            "resumed_from": resumed_from, "last": {k: float(v) for k, v in out.items()} if out else {}}
+            "resumed_from": resumed_from, "last": {k: float(v.detach()) for k, v in out.items()} if out else {}}
 
 
 def _export_with_probe(engine, cfg: PretrainConfig, tag_dir: Path, out_dir: Path, rank: int, device, dtype) -> str | None:

@@ -3,12 +3,14 @@
 Writes a shard directory of realistic samples (8192 float16 points, 10 RGB PNG renders of
 224x224, imgfeat [10,512] float16, meta.json) with c2p.schema, then alternates, in one
 run, a bare read (``tarfile`` iteration reading every member's bytes, the floor any tar
-loader pays) and the stream (resampled shards, shuffle buffer, 1024-point subsample, one
-view, collated tensors). Both in one process (``workers=0``): the ratio is the loader's
+loader pays) and the stream (resampled shards, shuffle buffer of 1000, 1024-point subsample,
+one view, collated tensors) over ``passes`` x the samples written, timed from the moment
+its shuffle buffer is full: the steady state of a long run (the fill reads up to 1000
+samples ahead once per lane and reseed segment). Both in one process (``workers=0``): the ratio is the loader's
 per-sample overhead over raw I/O on one core. The ``image`` rows decode one PNG per sample
 (no imgfeat) for comparison. Prints one JSON object with medians and ratios.
 
-    python tests/benchmarks/bench_loader.py [--samples 600 --repeats 5 --workers 0]
+    python tests/benchmarks/bench_loader.py [--samples 600 --passes 6 --repeats 5 --workers 0]
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from c2p.config.pretrain import DataConfig  # noqa: E402
 from c2p.data import PretrainStream  # noqa: E402
 from c2p.schema import SHARD_PATTERN, SampleMeta, ShardIndex, ShardWriter, encode_image, encode_sample, make_key  # noqa: E402
 
+SHUFFLE_BUFFER = 1000
 VIEWS = [(0, 0), (90, 0), (180, 0), (270, 0), (225, -45), (225, 45), (315, -45), (315, 45), (0, -90), (0, 90)]
 
 
@@ -83,20 +86,25 @@ def bare_read(urls: list[str]) -> tuple[int, int]:
     return keys, nbytes
 
 
-def time_bare(urls: list[str]) -> float:
-    t = time.perf_counter()
-    n, _ = bare_read(urls)
+def time_bare(urls: list[str], passes: int) -> float:
+    t, n = time.perf_counter(), 0
+    for _ in range(passes):
+        n += bare_read(urls)[0]
     return n / (time.perf_counter() - t)
 
 
-def time_stream(root: Path, samples: int, batch: int, workers: int, imgfeat: bool) -> float:
-    cfg = DataConfig(shards=[str(root)], points=1024, workers=workers, shuffle_buffer=1000,
+def time_stream(root: Path, samples: int, batch: int, workers: int, imgfeat: bool, warmup: int) -> float:
+    """Samples/s of the stream over ``samples`` samples after ``warmup`` batches (the shuffle buffer's fill)."""
+    cfg = DataConfig(shards=[str(root)], points=1024, workers=workers, shuffle_buffer=SHUFFLE_BUFFER,
                      imgfeat_tag="vitb32" if imgfeat else "", image_size=224)
     stream = PretrainStream(cfg, rank=0, world_size=1, seed=0, batch_size=batch, reseed_every=10**6)
-    steps = samples // batch
-    t, done = time.perf_counter(), 0
+    steps = warmup + samples // batch
+    done = 0
     for batch_ in stream:
-        done += len(batch_["key"])
+        if stream.step == warmup:
+            t = time.perf_counter()
+        elif stream.step > warmup:
+            done += len(batch_["key"])
         if stream.step == steps:
             break
     return done / (time.perf_counter() - t)
@@ -104,7 +112,8 @@ def time_stream(root: Path, samples: int, batch: int, workers: int, imgfeat: boo
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=600)
+    ap.add_argument("--samples", type=int, default=600, help="samples written")
+    ap.add_argument("--passes", type=int, default=6, help="timed samples = passes x samples (steady state: >> shuffle buffer)")
     ap.add_argument("--per-shard", type=int, default=100)
     ap.add_argument("--batch", type=int, default=50)
     ap.add_argument("--repeats", type=int, default=5)
@@ -117,14 +126,21 @@ def main() -> None:
         urls = [str(root / n) for n in sorted(ShardIndex.load(root).shards)]
         _, nbytes = bare_read(urls)  # warm the page cache for both
         bare, feat, image = [], [], []
+        # The clock starts once the shuffle buffer is full (2 samples read per sample handed
+        # out until then); that fill happens once per lane and reseed segment (every
+        # reseed_every steps: ~1000 extra samples per 128k at batch 256 and 500 steps).
+        warmup = -(-SHUFFLE_BUFFER // args.batch) + 1
         for _ in range(args.repeats):  # interleaved: load drifts on a shared machine hit both alike
-            bare.append(time_bare(urls))
-            feat.append(time_stream(root, args.samples, args.batch, args.workers, imgfeat=True))
-            image.append(time_stream(root, args.image_samples, args.batch, args.workers, imgfeat=False))
+            bare.append(time_bare(urls, args.passes))
+            feat.append(time_stream(root, args.passes * args.samples, args.batch, args.workers, True, warmup))
+            image.append(time_stream(root, args.image_samples, args.batch, args.workers, False, warmup))
     med = {k: statistics.median(v) for k, v in (("bare", bare), ("imgfeat", feat), ("image", image))}
     print(json.dumps({
         "benchmark": "loader_vs_bare_tar_read",
-        "samples_per_pass": args.samples,
+        "samples_written": args.samples,
+        "samples_timed": args.passes * args.samples,
+        "shuffle_buffer": SHUFFLE_BUFFER,
+        "timed_after_warmup_batches": warmup,
         "bytes_per_sample": round(nbytes / args.samples),
         "batch": args.batch,
         "workers": args.workers,

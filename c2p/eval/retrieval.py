@@ -1,0 +1,84 @@
+"""Depth→image retrieval on held-out shards: the pre-training objective, measured.
+
+For every object of the shards and every RGB view ``v`` it stores, the depth map of the same
+view is rendered from the object's points; the depth features of one view are ranked against
+the CLIP image features of all objects at that view. Top-1 is the fraction of objects whose
+own RGB render ranks first, averaged over views. Before pre-training the depth encoder is
+CLIP's image tower itself; after, it is the CLIP2Point depth tower.
+"""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from c2p import schema
+
+
+@dataclass
+class HeldOut:
+    """Decoded held-out shards: points [N,P,3] float32, rgb [N,V,H,W,3] uint8, views [N,V,3] (elev, azim, dist)."""
+
+    keys: list[str]
+    points: Tensor
+    rgb: np.ndarray
+    views: Tensor
+
+
+def load_heldout(shard_dir: str | Path, points: int = 1024, seed: int = 0) -> HeldOut:
+    """Read every sample of the tars in ``shard_dir`` (in key order); subsample ``points`` per object."""
+    paths = sorted(glob.glob(str(Path(shard_dir) / "shard-*.tar")))
+    if not paths:
+        raise FileNotFoundError(f"no shard-*.tar in {shard_dir}; expected the output of launch/render.py")
+    import webdataset as wds
+
+    rng = np.random.default_rng(seed)
+    keys, pts, rgbs, views = [], [], [], []
+    for sample in sorted(wds.WebDataset(paths, shardshuffle=False, empty_check=False), key=lambda s: s["__key__"]):
+        meta = schema.SampleMeta.from_json(sample["meta.json"])
+        p = schema.decode_points(sample["points.npy"])
+        p = p[rng.choice(len(p), size=min(points, len(p)), replace=False)]
+        vids = schema.rgb_views(sample)
+        keys.append(sample["__key__"])
+        pts.append(p)
+        rgbs.append(np.stack([schema.decode_image(sample[schema.rgb_member(sample, v)]) for v in vids]))
+        views.append(np.asarray([meta.views[v] for v in vids], dtype=np.float32))
+    return HeldOut(keys, torch.from_numpy(np.stack(pts)), np.stack(rgbs), torch.from_numpy(np.stack(views)))
+
+
+def _images(rgb: np.ndarray, size: int) -> Tensor:
+    """uint8 [B,H,W,3] → CLIP-normalised float [B,3,size,size]."""
+    from c2p.render import CLIP_MEAN, CLIP_STD
+
+    x = torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 255.0
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+    mean, std = torch.as_tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.as_tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+@torch.no_grad()
+def depth_image_retrieval(data: HeldOut, image_tower: nn.Module, depth_tower: nn.Module, image_size: int, radius: float = 0.02) -> dict:
+    """Top-1 depth→image retrieval over the held-out objects, per view and averaged.
+
+    ``image_tower``/``depth_tower``: [B,3,S,S] → [B,D]. Returns ``{"top1": float, "per_view": [V floats], "objects": N}``.
+    """
+    from c2p.render import normalize_depth, render_depth
+
+    image_tower.eval()
+    depth_tower.eval()
+    per_view = []
+    for v in range(data.views.shape[1]):
+        elev, azim, dist = data.views[:, v, 0:1], data.views[:, v, 1:2], data.views[:, v, 2:3]  # [N,1] each
+        depth = normalize_depth(render_depth(data.points, elev, azim, dist, image_size=image_size, radius=radius))[:, 0]
+        f_d = F.normalize(depth_tower(depth).float(), dim=-1)
+        f_i = F.normalize(image_tower(_images(data.rgb[:, v], image_size)).float(), dim=-1)
+        hits = (f_d @ f_i.T).argmax(dim=1) == torch.arange(len(f_d))
+        per_view.append(hits.float().mean().item())
+    return {"top1": float(np.mean(per_view)), "per_view": per_view, "objects": len(data.keys)}

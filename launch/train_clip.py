@@ -1,0 +1,232 @@
+"""Train a small CLIP on image–text pair shards with open_clip's own trainer (``open_clip_train``).
+
+    python launch/train_clip.py --shards runs/demo/shards/train --out runs/demo/clip \\
+        --model c2p-small --epochs 6 --batch-size 64
+
+``--shards``: pair shards written by ``shards.pairs`` (a directory with ``pairs.json``), or
+c2p object shard directories, which are first exported to ``<out>/pairs/`` (one RGB view
+and its caption per sample: the layout open_clip_train's ``--dataset-type webdataset`` reads).
+
+open_clip_train (shipped in the open_clip_torch wheel) runs in this process, after
+``register_tiny_configs()`` so that ``c2p-tiny`` / ``c2p-small`` resolve, single-process, fp32,
+on ``--device`` (cpu by default), without wandb. Its outputs land in ``<out>/open_clip_train/``:
+``out.log``, ``params.txt`` and ``checkpoints/epoch_N.pt`` (``epoch``, ``name``, ``state_dict``,
+``optimizer``) plus ``checkpoints/epoch_latest.pt``, written to a temporary name and renamed, which
+``--resume latest`` (the default) continues from at an epoch boundary. Re-running a finished
+command trains nothing and re-exports the weights.
+
+Our outputs in ``--out``: ``clip.safetensors`` (final weights: ``create_clip(model,
+pretrained=...)`` loads it, and the epoch checkpoints too) and ``summary.json``.
+
+What open_clip_train does not give: a bitwise-repeatable run. Its sample shuffle buffer
+(``webdataset.shuffle`` without a seed) is seeded from the clock, so two runs with the same
+``--seed`` see the pairs in different orders and end with slightly different weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+try:
+    import c2p  # noqa: F401
+except ImportError:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from c2p.models.clip import create_clip, register_tiny_configs
+from shards.pairs import PAIRS_NAME, SIZES_NAME, PairExport, export_pairs, load_export
+
+RUN_NAME = "open_clip_train"  # open_clip_train's --name: its folder inside --out
+FINAL_WEIGHTS = "clip.safetensors"
+SUMMARY = "summary.json"
+
+# open_clip_train's progress line, e.g. "Train Epoch: 0 [ 64/2880 (2%)] Data (t): 0.010 Batch (t): 0.900,
+# 71.1/s, 71.1/s/gpu LR: 0.000050 Logit Scale: 14.286 Contrastive_loss: 4.1 (4.1) Loss: 4.1 (4.1)"
+PROGRESS = re.compile(r"Train Epoch: (?P<epoch>\d+) \[\s*(?P<seen>\d+)/(?P<total>\d+).*?Batch \(t\): (?P<batch_s>[\d.]+), "
+                      r"(?P<samples_per_s>[\d.]+)/s.*?LR: (?P<lr>[\d.eE+-]+) Logit Scale: (?P<logit_scale>[\d.]+).*"
+                      r" Loss: (?P<loss>[\d.naif-]+)")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Train a small CLIP on image-text pair shards with open_clip_train.")
+    p.add_argument("--shards", nargs="+", required=True,
+                   help="pair shard directory (pairs.json) or c2p object shard directories (exported first)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--model", default="c2p-small", help="open_clip architecture (c2p-tiny, c2p-small, ViT-B-32, ...)")
+    p.add_argument("--pretrained", default="", help="local weights file to start from (default: random init)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--wd", type=float, default=0.1)
+    p.add_argument("--warmup", type=int, default=20, help="linear warmup steps")
+    p.add_argument("--grad-clip-norm", type=float, default=1.0, help="0: off")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0,
+                   help="DataLoader worker processes (at most one per pair shard: open_clip_train splits shards by worker)")
+    p.add_argument("--save-frequency", type=int, default=1, help="epochs between checkpoints/epoch_N.pt")
+    p.add_argument("--resume", default="latest",
+                   help="latest (continue <out>/open_clip_train if it has a checkpoint), none (refuse an existing run) "
+                        "or a checkpoint path")
+    p.add_argument("--log-every", type=int, default=10, help="steps between progress lines")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
+    a = p.parse_args(argv)
+    for name in ("epochs", "batch_size", "log_every", "save_frequency"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} {getattr(a, name)}: expected >= 1")
+    if a.lr <= 0 or a.wd < 0 or a.warmup < 0 or a.grad_clip_norm < 0 or a.workers < 0 or a.threads < 0:
+        p.error("--lr > 0, --wd >= 0, --warmup >= 0, --grad-clip-norm >= 0, --workers >= 0, --threads >= 0 expected")
+    if a.pretrained and not Path(a.pretrained).is_file():
+        p.error(f"--pretrained {a.pretrained!r}: no such file (weights are only read from local files)")
+    if a.resume not in ("latest", "none") and not Path(a.resume).is_file():
+        p.error(f"--resume {a.resume!r}: expected latest, none or an existing checkpoint file")
+    return a
+
+
+def resolve_pairs(sources: Sequence[str], out: Path) -> PairExport:
+    """Pair shards to train on: an existing export, or object shards exported to ``out/pairs``."""
+    if len(sources) == 1 and (Path(sources[0]) / PAIRS_NAME).is_file():
+        return load_export(sources[0])
+    return export_pairs(sources, out / "pairs")
+
+
+def epoch_samples(pairs: PairExport) -> int:
+    """Pairs per epoch, from the export's ``sizes.json`` (the file open_clip_train itself reads)."""
+    path = Path(pairs.out) / SIZES_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(path)!r} does not exist; expected the sizes.json written by shards.pairs")
+    return sum(int(n) for n in json.loads(path.read_text()).values())
+
+
+def open_clip_train_argv(a: argparse.Namespace, pairs: PairExport, out: Path) -> list[str]:
+    """open_clip_train's command line for ``a`` on the exported pair shards, outputs in ``out/open_clip_train``."""
+    samples = epoch_samples(pairs)
+    argv = ["--train-data", pairs.train_data, "--dataset-type", "webdataset", "--train-num-samples", str(samples),
+            "--model", a.model, "--epochs", str(a.epochs),
+            # a batch larger than the data would make open_clip_train repeat pairs inside one batch
+            "--batch-size", str(min(a.batch_size, samples)),
+            # its defaults for names without "vit" are ResNet's (beta2 0.999, eps 1e-8); ours are ViTs
+            "--lr", str(a.lr), "--beta1", "0.9", "--beta2", "0.98", "--eps", "1e-6", "--wd", str(a.wd),
+            "--warmup", str(a.warmup), "--seed", str(a.seed),
+            # it asserts shards >= workers: each worker reads whole shards
+            "--workers", str(min(a.workers, len(pairs.shards))),
+            "--logs", str(out), "--name", RUN_NAME, "--save-frequency", str(a.save_frequency),
+            # epoch_latest.pt is written to tmp.pt and renamed; --resume latest then reads only it,
+            # never an epoch_N.pt cut short by a kill
+            "--save-most-recent",
+            "--precision", "fp32", "--device", a.device, "--report-to", "", "--log-every-n-steps", str(a.log_every)]
+    if a.grad_clip_norm > 0:
+        argv += ["--grad-clip-norm", str(a.grad_clip_norm)]
+    if a.pretrained:
+        argv += ["--pretrained", a.pretrained]
+    if a.resume != "none":
+        argv += ["--resume", a.resume]
+    return argv
+
+
+def run_open_clip_train(argv: Sequence[str]) -> None:
+    """``open_clip_train.main.main(argv)`` in this process; raises SystemExit if it refuses to run.
+
+    Its log lines (written to the root logger's stderr handler it adds) go to stdout here, where
+    progress belongs; the handlers it adds are removed afterwards, so a second call in the same
+    process does not print every line twice or keep the old ``out.log`` open.
+    """
+    from open_clip_train.main import main as open_clip_train_main
+
+    register_tiny_configs()  # same process: its create_model and get_tokenizer see c2p-tiny / c2p-small
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        with contextlib.redirect_stderr(sys.stdout):  # its StreamHandler binds sys.stderr when created
+            status = open_clip_train_main(list(argv))
+    finally:
+        for handler in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(handler)
+            handler.close()
+        root.setLevel(level)
+    if status == -1:  # its way of refusing, e.g. an existing run without --resume latest
+        raise SystemExit(f"open_clip_train refused to run (see the error above); {' '.join(argv)}")
+
+
+def progress_of(log_text: str) -> dict[str, Any]:
+    """Epochs started and the last progress line's numbers in a piece of open_clip_train's ``out.log``."""
+    epochs = [int(m) for m in re.findall(r"Start epoch (\d+)", log_text)]
+    found: dict[str, Any] = {"epochs_run": len(epochs), "first_epoch": min(epochs) if epochs else None}
+    lines = list(PROGRESS.finditer(log_text))
+    if lines:
+        last = lines[-1]
+        found["last"] = {k: (int(v) if k in ("epoch", "seen", "total") else float(v)) for k, v in last.groupdict().items()}
+        rates = [float(m["samples_per_s"]) for m in lines]
+        found["samples_per_s_median"] = sorted(rates)[len(rates) // 2]
+    return found
+
+
+def save_weights(path: Path, model: torch.nn.Module) -> None:
+    """The model's state dict as safetensors, written to ``path.tmp`` and renamed."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    tmp.replace(path)
+
+
+def train(a: argparse.Namespace, pairs: PairExport, out: Path) -> dict[str, Any]:
+    """Run open_clip_train to ``a.epochs``, then export its final checkpoint as ``clip.safetensors``."""
+    run_dir = out / RUN_NAME
+    log = run_dir / "out.log"
+    log_start = log.stat().st_size if log.is_file() else 0
+    argv = open_clip_train_argv(a, pairs, out)
+    t0 = time.perf_counter()
+    run_open_clip_train(argv)
+    seconds = time.perf_counter() - t0
+    checkpoint = run_dir / "checkpoints" / f"epoch_{a.epochs}.pt"
+    if not checkpoint.is_file():
+        raise RuntimeError(f"open_clip_train finished without {str(checkpoint)!r}; see {str(log)!r}")
+    model = create_clip(a.model, pretrained=str(checkpoint))  # also checks the checkpoint fits the architecture
+    weights = out / FINAL_WEIGHTS
+    save_weights(weights, model)
+    progress = progress_of(log.read_text()[log_start:] if log.is_file() else "")
+    samples = epoch_samples(pairs)
+    batch = min(a.batch_size, samples)
+    steps_per_epoch = -(-samples // batch)  # open_clip_train rounds an epoch up to whole batches
+    return {"engine": "open_clip_train", "model": a.model, "pairs": samples, "epochs": a.epochs,
+            "batch_size": batch, "steps_per_epoch": steps_per_epoch, "steps": steps_per_epoch * a.epochs,
+            "start_epoch": progress["first_epoch"] if progress["first_epoch"] is not None else a.epochs,
+            "epochs_run": progress["epochs_run"], "seconds": round(seconds, 2),
+            "samples_per_s": round(progress["epochs_run"] * steps_per_epoch * batch / seconds, 2) if seconds else None,
+            "samples_per_s_median_window": progress.get("samples_per_s_median"), "last": progress.get("last", {}),
+            "argv": argv, "weights": str(weights), "checkpoint": str(checkpoint), "log": str(log),
+            "pairs_dir": pairs.out}
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    a = parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pairs = resolve_pairs(a.shards, out)
+    summary = train(a, pairs, out)
+    summary["summary"] = str(out / SUMMARY)
+    (out / SUMMARY).write_text(json.dumps(summary, indent=1, sort_keys=True))
+    last = summary["last"]
+    print(f"trained {a.model} with open_clip_train: {summary['pairs']} pairs, epochs {summary['start_epoch'] + 1}.."
+          f"{a.epochs} ({summary['epochs_run']} this run, {summary['steps_per_epoch']} steps each, batch "
+          f"{summary['batch_size']}) in {summary['seconds']:.0f} s, {summary['samples_per_s']} samples/s"
+          + (f"; last loss {last['loss']:.3f}, logit scale {last['logit_scale']:.1f}" if last else ""), flush=True)
+    for key in ("pairs_dir", "log", "checkpoint", "summary", "weights"):
+        print(f"  {key:<10} {summary[key]}", flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""Pre-training loop, DeepSpeed engine, schedules and metrics (c2p.train).
+
+Multi-rank runs are real: N processes of ``python -m c2p.train.pretrain`` with RANK/WORLD_SIZE/
+MASTER_* set, DeepSpeed over gloo on CPU, the c2p-tiny CLIP (32 px), a few steps each. Each
+run serves several checks (metrics, export, DeepSpeed's zero_to_fp32) to keep the file fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from c2p.config.core import load_config
+from c2p.config.pretrain import PretrainConfig
+from c2p.schema import SHARD_PATTERN, SampleMeta, ShardIndex, ShardWriter, encode_sample, make_key
+from c2p.train.schedule import lr_at, steps_per_epoch
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "pretrain" / "tiny.yaml"
+IMGFEAT_TAG = "tiny"
+EMBED_DIM = 64  # c2p-tiny's joint embedding
+
+
+# ----------------------------------------------------------------------------- fixtures / helpers
+
+
+def write_blob_shards(out: Path, n_objects: int = 32, n_shards: int = 4, points: int = 256, seed: int = 0) -> Path:
+    """Synthetic-like shards: each object is a union of 3 random Gaussian blobs (its own depth
+    silhouette), with one view (0°, 0°, d=1) and a random fixed image feature: learning to
+    retrieve an object's image feature from its depth maps is possible and checkable."""
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    feats = rng.standard_normal((n_objects, EMBED_DIM)).astype(np.float32)
+    counts = {}
+    for s in range(n_shards):
+        ids = list(range(s, n_objects, n_shards))
+        with ShardWriter(out / SHARD_PATTERN.format(s)) as w:
+            for i in ids:
+                centres, scales = rng.uniform(-0.6, 0.6, (3, 3)), rng.uniform(0.05, 0.3, (3, 3))
+                k = rng.integers(0, 3, points)
+                p = centres[k] + rng.standard_normal((points, 3)) * scales[k]
+                p /= np.linalg.norm(p, axis=1).max()
+                meta = SampleMeta(uid=f"o{i:04d}", corpus="blobs", label=f"c{i % 4}", label_index=i % 4,
+                                  source="test", views=[[0.0, 0.0, 1.0]], points=points)
+                w.write(encode_sample(make_key("blobs", f"o{i:04d}"), p, meta, imgfeat={IMGFEAT_TAG: feats[i][None]}))
+        counts[SHARD_PATTERN.format(s)] = len(ids)
+    ShardIndex(corpus="blobs", settings={}, labels=[f"c{j}" for j in range(4)], shards=counts,
+               total_objects=n_objects).save(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def blob_shards(tmp_path_factory) -> Path:
+    return write_blob_shards(tmp_path_factory.mktemp("shards") / "blobs")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def base_overrides(shards: Path, run_dir: Path, name: str) -> list[str]:
+    return [f"data.shards=[{shards}]", f"data.imgfeat_tag={IMGFEAT_TAG}", f"run.dir={run_dir}", f"run.name={name}",
+            "train.log_every=1"]
+
+
+def launch(world: int, overrides: list[str], *, env: dict | None = None, timeout: float = 240,
+           expect_rc: dict[int, int] | None = None) -> list[str]:
+    """Run ``world`` ranks of ``python -m c2p.train.pretrain --config tiny.yaml overrides``; return their outputs.
+
+    ``expect_rc``: rank -> expected exit code (default 0 for all). When a rank exits with a
+    non-zero code the others may wait in a collective forever: they are killed after a grace period.
+    """
+    port = str(_free_port())
+    procs = []
+    for rank in range(world):
+        penv = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                    MASTER_ADDR="127.0.0.1", MASTER_PORT=port, OMP_NUM_THREADS="1",
+                    PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", **(env or {}))
+        procs.append(subprocess.Popen([sys.executable, "-m", "c2p.train.pretrain", "--config", str(TINY), *overrides],
+                                      env=penv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO))
+    deadline, failed_at = time.time() + timeout, None
+    while any(p.poll() is None for p in procs) and time.time() < deadline:
+        if failed_at is None and any(p.poll() not in (None, 0) for p in procs):
+            failed_at = time.time()
+        if failed_at is not None and time.time() - failed_at > 20:
+            break
+        time.sleep(0.2)
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+    outs = [p.communicate()[0] for p in procs]
+    expect_rc = expect_rc or {r: 0 for r in range(world)}
+    for rank, rc in expect_rc.items():
+        assert procs[rank].returncode == rc, f"rank {rank} exited {procs[rank].returncode}, expected {rc}:\n{outs[rank][-4000:]}"
+    return outs
+
+
+def read_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def check_export_matches_engine(run: Path) -> None:
+    """The exported tower, loaded into a plain open_clip visual tower, gives the engine's probe features."""
+    from safetensors.torch import load_file
+
+    from c2p.models.clip import create_clip
+
+    info = json.loads((run / "export" / "depth_tower.json").read_text())
+    visual = create_clip(info["model"]).visual.eval()
+    visual.load_state_dict(load_file(run / "export" / "depth_tower.safetensors"))
+    probe = load_file(run / "export" / "probe.safetensors")
+    with torch.no_grad():
+        feats = visual(probe["images"])
+    torch.testing.assert_close(feats, probe["features"], rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- pure functions
+
+
+def test_schedules_are_pure_functions_of_the_step():
+    kw = dict(base_lr=6e-3, eta_min=1e-5, restart_steps=10)
+    lrs = [lr_at(s, name="cosine_restarts", **kw) for s in range(30)]
+    assert lrs[0] == pytest.approx(6e-3) and lrs[10] == pytest.approx(6e-3) and lrs[20] == pytest.approx(6e-3)
+    assert lrs[5] == pytest.approx(1e-5 + (6e-3 - 1e-5) * 0.5)
+    assert all(lrs[i] > lrs[i + 1] for i in range(9))  # decreasing inside a period
+    assert lrs == [lr_at(s, name="cosine_restarts", **kw) for s in range(30)]  # no hidden state
+    warm = [lr_at(s, name="warmup_cosine", base_lr=1.0, eta_min=0.0, warmup_steps=4, total_steps=14) for s in range(15)]
+    assert warm[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0]) and warm[9] == pytest.approx(0.5) and warm[14] == pytest.approx(0.0)
+    assert lr_at(123, name="constant", base_lr=0.1) == 0.1
+    assert steps_per_epoch(52460, 256) == 204
+    with pytest.raises(ValueError, match="epoch_samples"):
+        steps_per_epoch(0, 256)
+
+
+def test_configs_validate_and_paper_config_is_faithful():
+    paper = load_config(PretrainConfig, REPO / "configs" / "pretrain" / "shapenet_vitb32.yaml")
+    assert (paper.model.name, paper.train.batch_size, paper.optim.name, paper.optim.lr, paper.optim.weight_decay) == \
+        ("ViT-B-32", 256, "lamb", 6e-3, 1e-4)
+    assert (paper.schedule.name, paper.schedule.restart_epochs, paper.schedule.eta_min) == ("cosine_restarts", 2.0, 1e-5)
+    assert paper.train.steps == 100 * 52460 // 256 and paper.loss.temperature == 0.07 and paper.data.points == 1024
+    tiny = load_config(PretrainConfig, TINY)
+    assert tiny.model.name == "c2p-tiny" and tiny.depth.image_size == 32
+
+
+def test_cli_refuses_bad_config_before_writing(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "c2p.train.pretrain", "--config", str(TINY), f"run.dir={tmp_path}",
+                        "train.zero_stage=5"], capture_output=True, text=True, cwd=REPO,
+                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert r.returncode == 2 and "train.zero_stage" in r.stderr and "5" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- real runs
+
+
+@pytest.mark.slow
+def test_loss_goes_down_and_retrieval_rises_above_chance(tmp_path, blob_shards):
+    """One rank, 8 objects per batch (chance top-1 = 1/8), 80 steps on the blob corpus."""
+    run = tmp_path / "learn"
+    out = launch(1, base_overrides(blob_shards, tmp_path, "learn") + [
+        "train.steps=80", "train.batch_size=8", "optim.name=adamw", "optim.lr=2e-3", "schedule.name=constant",
+        "checkpoint.every=1000", "checkpoint.export=false"])[0]
+    assert "fresh start" in out
+    m = read_metrics(run)
+    assert [r["step"] for r in m] == list(range(1, 81))
+    first, last = m[:10], m[-10:]
+    mean = lambda rs, k: sum(r[k] for r in rs) / len(rs)  # noqa: E731
+    assert mean(last, "loss") < 0.6 * mean(first, "loss"), (mean(first, "loss"), mean(last, "loss"))
+    assert mean(first, "retrieval_top1") < 0.3
+    assert mean(last, "retrieval_top1") >= 0.5, [r["retrieval_top1"] for r in last]  # chance: 0.125
+    for key in ("loss", "loss_cross", "loss_intra", "w", "lr", "samples_per_s", "data_wait_frac", "retrieval_top1",
+                "skipped_samples", "corrupt_shards"):
+        assert key in m[-1], key
+    assert 0.0 <= m[-1]["data_wait_frac"] <= 1.0 and m[-1]["skipped_samples"] == 0
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    assert (run / "config.yaml").is_file() and (run / "logs" / "train_rank0.log").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [0, 1, 3])
+def test_zero_stage_trains_on_two_ranks(tmp_path, blob_shards, stage):
+    """ZeRO-0/1/3 on 2 gloo ranks (stage 2 runs in test_checkpoint.py). Same run: the export
+    equals the engine's features, DeepSpeed's own zero_to_fp32 reads our tag; stage 1 also
+    runs gradient accumulation and activation checkpointing."""
+    name = f"z{stage}"
+    extra = ["train.grad_accum=2", "model.grad_checkpointing=true"] if stage == 1 else []
+    launch(2, base_overrides(blob_shards, tmp_path, name) + [
+        f"train.zero_stage={stage}", "train.steps=4", "checkpoint.every=2", "checkpoint.keep=1", *extra])
+    run = tmp_path / name
+    m = read_metrics(run)
+    assert [r["step"] for r in m] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in m)
+    assert m[-1]["samples"] == 4 * 16
+    ckpts = run / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("step_*")) == ["step_00000004"]  # keep=1 pruned step 2
+    assert (ckpts / "latest").read_text() == "step_00000004"
+    commit = json.loads((ckpts / "step_00000004" / "c2p_commit.json").read_text())
+    assert (commit["world_size"], commit["zero_stage"], commit["step"]) == (2, stage, 4)
+    check_export_matches_engine(run)
+    if stage >= 1:  # DeepSpeed's recovery script, as a user would run it, on our tag
+        out = tmp_path / "fp32"
+        r = subprocess.run([sys.executable, str(ckpts / "zero_to_fp32.py"), str(ckpts), str(out), "-t", "step_00000004"],
+                           capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        assert r.returncode == 0, r.stderr[-3000:]
+        sd = torch.load(out / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        from safetensors.torch import load_file
+
+        tower = load_file(run / "export" / "depth_tower.safetensors")
+        for k, v in tower.items():
+            torch.testing.assert_close(sd["depth.visual." + k].float(), v)

@@ -1,0 +1,341 @@
+"""shards/: the deterministic plan, the Ray render job and its guarantees.
+
+One real local Ray cluster (2 CPUs) is shared by the module. The corpus is the synthetic one
+in ShapeNet layout with broken inputs mixed in: an empty file, garbage bytes, NaN vertices,
+a directory where the mesh file should be, and an object whose texture image is missing
+(that one is *good*: the reader falls back to the material colour).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from c2p.config.core import ConfigError, load_config
+from c2p.config.render import RenderJobConfig
+from c2p.corpora import ObjectRef, open_corpus
+from c2p.corpora.synthetic import SYNSET_IDS, write_synthetic
+from c2p.schema import ERRORS_NAME, INDEX_NAME, SampleMeta, ShardIndex, decode_image, decode_npy
+from shards.plan import PlanMismatch, assign_shards, make_plan, object_seed, render_settings
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ["airplane", "box", "chair", "cone", "lamp", "mug", "sphere", "table"]
+# Small renders keep the module within its time budget on 2 shared cores.
+SMALL = ["views.set=6", "views.image_size=32", "job.points=512", "views.depth_png=true", "job.previews=4",
+         "job.progress=false", "job.shard_size=2"]
+BROKEN_LISTING = {"empty": "empty file", "dir": "is a directory"}  # caught when the corpus is listed
+BROKEN_LOAD = {"garbage", "nanverts"}  # caught when the object is loaded
+# Shards (of 2, by uid): [airplane, chair] [chair/zzgarbage, chair/zznanverts] [lamp, mug] [table, box] [cone, sphere]
+FAULT_SHARD = 2
+
+
+def _cfg(root: Path, out: Path, *extra: str) -> RenderJobConfig:
+    return load_config(RenderJobConfig, None, [f"corpus.root={root}", f"out={out}", "corpus.name=synthetic", *SMALL, *extra])
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _hashes(out: Path) -> dict[str, str]:
+    """Hashes of everything that must be reproducible: the tars, index.json and errors.jsonl."""
+    names = sorted(p.name for p in out.glob("shard-*.tar")) + [INDEX_NAME, ERRORS_NAME]
+    return {n: _sha(out / n) for n in names}
+
+
+def _tar_samples(path: Path) -> dict[str, dict[str, bytes]]:
+    samples: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(path) as tar:
+        for info in tar:
+            key, _, suffix = info.name.partition(".")
+            samples.setdefault(key, {})[suffix] = tar.extractfile(info).read()
+    return samples
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """8 good objects (one without its texture image) + 4 broken ones, all in all.csv's train split."""
+    root = write_synthetic(tmp_path_factory.mktemp("corpus") / "syn", layout="shapenet", per_class=1, seed=0, classes=CLASSES)
+    synset = SYNSET_IDS["chair"]
+    good = next((root / synset).iterdir())
+    (good / "images" / "texture0.png").unlink()  # missing texture: still a good object
+    for name in ["empty", "dir", *sorted(BROKEN_LOAD)]:
+        models = root / synset / f"zz{name}" / "models"
+        models.mkdir(parents=True)
+        obj = models / "model_normalized.obj"
+        if name == "empty":
+            obj.write_bytes(b"")
+        elif name == "dir":
+            obj.mkdir()
+        elif name == "garbage":
+            obj.write_bytes(np.random.default_rng(0).bytes(3000))
+        else:
+            obj.write_text("v nan 0 0\nv 1 0 0\nv 0 1 0\nv 0 0 1\nf 1 2 3\nf 1 3 4\n")
+    with open(root / "all.csv", "a") as f:
+        for i, name in enumerate(["empty", "dir", *sorted(BROKEN_LOAD)]):
+            f.write(f"{1000 + i},{synset},{synset},zz{name},train\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def rendered(corpus, ray_cluster, tmp_path_factory):
+    """The reference render, with the task of shard FAULT_SHARD killed (os._exit) on its first attempt."""
+    from shards.job import run_render_job
+
+    out = tmp_path_factory.mktemp("ref") / "shards"
+    marker = out.parent / "fault-marker"
+    os.environ["C2P_FAULT_INJECT"] = f"shard={FAULT_SHARD},after=1,marker={marker}"
+    try:
+        summary = run_render_job(_cfg(corpus, out))
+    finally:
+        del os.environ["C2P_FAULT_INJECT"]
+    return out, summary, marker
+
+
+# ----------------------------------------------------------------------------- plan (no Ray)
+
+
+def _refs(n: int) -> list[ObjectRef]:
+    return [ObjectRef("c", f"u{i:03d}", "a", 0, f"/src/{i}") for i in range(n)]
+
+
+def test_plan_is_deterministic_and_covers_every_object_once(tmp_path):
+    cfg = load_config(RenderJobConfig, None, [f"corpus.root={tmp_path}", f"out={tmp_path}/o", "job.shard_size=4"])
+    refs = _refs(10)
+    shuffled = [refs[i] for i in np.random.default_rng(0).permutation(10)]
+    a, b = make_plan(cfg, refs, [], ["a"]), make_plan(cfg, shuffled, [], ["a"])
+    assert a.fingerprint == b.fingerprint
+    assert [[r.uid for r in s.refs] for s in a.shards] == [[r.uid for r in s.refs] for s in b.shards]
+    assert [len(s.refs) for s in a.shards] == [4, 4, 2]
+    assert [s.name for s in a.shards] == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    assert sorted(r.uid for s in a.shards for r in s.refs) == [r.uid for r in refs]
+    # A new object moves others to other shards: another plan.
+    assert make_plan(cfg, refs + _refs(11)[10:], [], ["a"]).fingerprint != a.fingerprint
+
+
+def test_plan_fingerprint_follows_render_settings_only(tmp_path):
+    base = [f"corpus.root={tmp_path}", f"out={tmp_path}/o"]
+    cfg = load_config(RenderJobConfig, None, base)
+    fp = make_plan(cfg, _refs(5), [], ["a"]).fingerprint
+    for same in ["job.num_cpus=2", "job.max_retries=0", "job.previews=0", "job.max_in_flight=3", f"out={tmp_path}/other"]:
+        assert make_plan(load_config(RenderJobConfig, None, base + [same]), _refs(5), [], ["a"]).fingerprint == fp, same
+    for other in ["views.image_size=64", "job.seed=1", "job.points=1024", "job.shard_size=2", "views.set=6", "imgfeat.model=c2p-tiny"]:
+        assert make_plan(load_config(RenderJobConfig, None, base + [other]), _refs(5), [], ["a"]).fingerprint != fp, other
+    assert render_settings(cfg)["corpus"]["root"] == str(tmp_path.resolve())
+
+
+def test_duplicate_keys_and_object_seeds():
+    refs = _refs(3) + [ObjectRef("c", "u001", "a", 0, "/src/dup"), ObjectRef("c", "u.001", "a", 0, "/src/dot"),
+                       ObjectRef("c", "u_001", "a", 0, "/src/us")]  # "u.001" and "u_001" are both key "c-u_001"
+    shards, dups = assign_shards(refs, 10)
+    assert [r.source for r in shards[0].refs] == ["/src/dot", "/src/0", "/src/1", "/src/2"]
+    assert {d["source"] for d in dups} == {"/src/dup", "/src/us"} and all(d["stage"] == "plan" for d in dups)
+    assert object_seed(0, "c", "u1") == object_seed(0, "c", "u1") != object_seed(1, "c", "u1")
+    assert 0 <= object_seed(0, "c", "u1") < 2**31
+
+
+def _launch_render():
+    """launch/render.py as a module (launch/ is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location("c2p_launch_render", REPO / "launch" / "render.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_config_refuses_bad_values_before_writing(tmp_path):
+    main = _launch_render().main
+
+    out = tmp_path / "never"
+    assert main(["--corpus", "nope", "--root", str(tmp_path), "--out", str(out)]) == 2
+    assert main(["--corpus", "synthetic", "--root", str(tmp_path), "--out", str(out), "shard_size=0"]) == 2
+    with pytest.raises(ConfigError, match="imgfeat.tag"):
+        load_config(RenderJobConfig, None, [f"corpus.root={tmp_path}", f"out={out}", "imgfeat.model=c2p-tiny", "imgfeat.tag=a.b"])
+    assert not out.exists()
+
+
+def test_render_shard_is_byte_identical_across_attempts(corpus, tmp_path):
+    """The task body alone (no Ray): the same shard rendered twice gives the same tar bytes."""
+    from shards.task import render_shard
+
+    cfg = _cfg(corpus, tmp_path / "a")
+    c = open_corpus("synthetic", corpus)
+    refs, errors = c.list()
+    plan = make_plan(cfg, refs, errors, c.labels)
+    spec = plan.shards[0]
+    hashes = []
+    for out in (tmp_path / "a", tmp_path / "b"):
+        out.mkdir()
+        res = render_shard(spec, replace(cfg, out=str(out)), plan.fingerprint)
+        assert res.samples == len(spec.refs) - len(res.errors)
+        hashes.append(_sha(out / spec.name))
+    assert hashes[0] == hashes[1]
+
+
+# ----------------------------------------------------------------------------- the Ray job
+
+
+@pytest.mark.slow
+def test_job_output_reads_back_everywhere(rendered, corpus):
+    out, summary, marker = rendered
+    c = open_corpus("synthetic", corpus)
+    good = {r.uid for r in c.list()[0]} - {f"{SYNSET_IDS['chair']}-zz{n}" for n in BROKEN_LOAD}
+    assert len(good) == len(CLASSES)
+
+    # The task of shard FAULT_SHARD died on its first attempt (the marker proves it) and was retried.
+    assert marker.is_file()
+    assert summary["shards_failed"] == [] and summary["shards_rendered"] == summary["shards"] == 5
+    assert not list(out.rglob("*.tmp"))
+
+    index = ShardIndex.load(out)
+    tars = sorted(out.glob("shard-*.tar"))
+    assert [p.name for p in tars] == sorted(index.shards)
+    assert index.num_samples == summary["samples"] == len(good)
+    assert index.total_bytes == sum(p.stat().st_size for p in tars) == summary["bytes"]
+
+    # tar tf: standard tar lists every member, and the counts agree with index.json.
+    for p in tars:
+        names = subprocess.run(["tar", "tf", str(p)], check=True, capture_output=True, text=True).stdout.split()
+        assert len({n.split(".", 1)[0] for n in names}) == index.shards[p.name]
+        assert all(n.split(".", 1)[1] in {"points.npy", "meta.json", "txt"} or n.split(".", 1)[1].startswith(("rgb.", "depth."))
+                   for n in names)
+
+    # plain webdataset: every good object exactly once, with the schema's members.
+    import webdataset as wds
+
+    keys = []
+    for sample in wds.WebDataset([str(p) for p in tars], shardshuffle=False):
+        keys.append(sample["__key__"])
+        meta = SampleMeta.from_json(sample["meta.json"])
+        points = decode_npy(sample["points.npy"])
+        assert points.dtype == np.float16 and points.shape == (512, 3)
+        assert np.abs(np.linalg.norm(points.astype(np.float32), axis=1).max() - 1.0) < 1e-2
+        assert len(meta.views) == 6 and meta.points == 512 and meta.label in CLASSES
+        rgb = decode_image(sample["rgb.0.png"])
+        assert rgb.shape == (32, 32, 3) and rgb.min() < 250 and rgb.max() == 255  # object on white
+        assert decode_image(sample["depth.0.png"]).dtype == np.uint16
+        assert sample["txt"].decode() == meta.caption != ""
+    assert sorted(keys) == sorted(f"synthetic-{u}" for u in good)
+
+    # Every broken object is in errors.jsonl with its path and a reason.
+    errors = [json.loads(line) for line in (out / ERRORS_NAME).read_text().splitlines()]
+    by_uid = {e["uid"]: e for e in errors}
+    for name, reason in BROKEN_LISTING.items():
+        e = by_uid[f"{SYNSET_IDS['chair']}-zz{name}"]
+        assert e["stage"] == "list" and reason in e["reason"] and e["source"].endswith("model_normalized.obj")
+    for name in BROKEN_LOAD:
+        e = by_uid[f"{SYNSET_IDS['chair']}-zz{name}"]
+        assert e["stage"] in ("load", "points", "render") and e["reason"] and Path(e["source"]).name == "model_normalized.obj"
+    assert len(errors) == summary["errors"] == index.total_errors == 4
+    assert sum(summary["errors_by_reason"].values()) == 4
+    assert list((out / "previews").glob("*.png"))
+
+
+@pytest.mark.slow
+def test_ray_data_reads_the_shards(rendered):
+    import ray.data
+
+    out, summary, _ = rendered
+    rows = ray.data.read_webdataset(ShardIndex.load(out).shard_paths(out)).take_all()
+    assert len(rows) == summary["samples"]
+    assert len({r["__key__"] for r in rows}) == len(rows)
+    assert all(r["points.npy"].shape == (512, 3) and r["rgb.5.png"].shape == (32, 32, 3) for r in rows)
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_missing_shards_byte_identical(rendered, corpus, ray_cluster, tmp_path):
+    ref_out, ref_summary, _ = rendered
+    out = tmp_path / "shards"
+    # One shard at a time so the driver is surely killed mid-run (max_in_flight is not a render setting).
+    cmd = [sys.executable, str(REPO / "launch" / "render.py"), "--corpus", "synthetic", "--root", str(corpus), "--out", str(out),
+           "--address", ray_cluster, *SMALL, "max_in_flight=1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("parts/shard-*.json")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, f"driver ended before it could be killed:\n{proc.stdout.read().decode()}"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    done_before = len(list(out.glob("parts/shard-*.json")))
+    assert 1 <= done_before < ref_summary["shards"]
+
+    # Re-run through the same entry point: only the missing shards are rendered.
+    run = subprocess.run(cmd[:-1] + ["--json"], env=env, capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    assert summary["shards_skipped"] >= done_before
+    assert summary["shards_skipped"] + summary["shards_rendered"] == ref_summary["shards"]
+    assert summary["shards_rendered"] >= 1
+    assert not list(out.rglob("*.tmp"))
+    assert _hashes(out) == _hashes(ref_out)
+
+
+@pytest.mark.slow
+def test_settings_change_is_refused_unless_overwrite(corpus, ray_cluster, tmp_path):
+    from shards.job import run_render_job
+
+    out = tmp_path / "shards"
+    first = run_render_job(_cfg(corpus, out, "corpus.limit=2", "job.previews=0"))
+    assert first["samples"] == 2 and first["shards_rendered"] == 1
+    before = _hashes(out)
+    again = run_render_job(_cfg(corpus, out, "corpus.limit=2", "job.previews=0"))
+    assert again["shards_skipped"] == 1 and again["shards_rendered"] == 0 and _hashes(out) == before
+
+    with pytest.raises(PlanMismatch, match="views.image_size"):
+        run_render_job(_cfg(corpus, out, "corpus.limit=2", "job.previews=0", "views.image_size=24"))
+    assert _hashes(out) == before  # nothing touched
+    redone = run_render_job(_cfg(corpus, out, "corpus.limit=2", "job.previews=0", "views.image_size=24", "job.overwrite=true"))
+    assert redone["shards_rendered"] == 1
+    assert ShardIndex.load(out).settings["views"]["image_size"] == 24
+    sample = next(iter(_tar_samples(out / "shard-000000.tar").values()))
+    assert decode_image(sample["rgb.0.png"]).shape == (24, 24, 3)
+
+
+@pytest.mark.slow
+def test_imgfeat_actors_store_image_tower_features(corpus, ray_cluster, tmp_path):
+    from shards.features import ImageFeatureEncoder
+    from shards.job import run_render_job
+
+    out = tmp_path / "shards"
+    # The first 3 objects by uid: airplane, chair (no texture), chair/zzgarbage (broken).
+    summary = run_render_job(_cfg(corpus, out, "corpus.limit=3", "job.previews=0", "imgfeat.model=c2p-tiny"))
+    assert summary["samples"] == 2
+    encoder = ImageFeatureEncoder("c2p-tiny", "", device="cpu", seed=0, num_threads=1)
+    count = 0
+    for p in sorted(out.glob("shard-*.tar")):
+        for sample in _tar_samples(p).values():
+            feats = decode_npy(sample["imgfeat.c2p-tiny.npy"])
+            assert feats.dtype == np.float16 and feats.shape == (6, 64)
+            rgb = np.stack([decode_image(sample[f"rgb.{v}.png"]) for v in range(6)])
+            np.testing.assert_allclose(feats.astype(np.float32), encoder.encode(rgb).astype(np.float32), atol=2e-2, rtol=1e-2)
+            count += 1
+    assert count == 2

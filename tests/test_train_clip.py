@@ -1,0 +1,160 @@
+"""The demo's small-CLIP bridge: object shards → image–text pair shards → open_clip training
+(launch/train_clip.py) → weights that create_clip loads."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from c2p.models.clip import create_clip, get_tokenizer
+from c2p.schema import SHARD_PATTERN, SampleMeta, ShardIndex, ShardWriter, encode_sample, make_key
+from shards.pairs import export_pairs, load_export, read_object_samples
+
+REPO = Path(__file__).resolve().parents[1]
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 50, 230)}
+
+
+def _train_clip_module():
+    spec = importlib.util.spec_from_file_location("train_clip", REPO / "launch" / "train_clip.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_object_shards(root: Path, per_class: int = 4, views: int = 2, size: int = 32, captions: bool = True) -> Path:
+    """A c2p shard directory: per object random points, `views` coloured RGB views, a caption."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True)
+    labels = sorted(COLOURS)
+    counts = {}
+    objects = [(label, i) for i in range(per_class) for label in labels]
+    for shard, chunk in enumerate((objects[: len(objects) // 2], objects[len(objects) // 2:])):
+        name = SHARD_PATTERN.format(shard)
+        with ShardWriter(root / name) as w:
+            for label, i in chunk:
+                uid = f"{label}{i}"
+                rgb = [np.clip(np.array(COLOURS[label]) + rng.integers(-20, 20, (size, size, 3)), 0, 255).astype(np.uint8)
+                       for _ in range(views)]
+                meta = SampleMeta(uid=uid, corpus="test", label=label, label_index=labels.index(label), source="mem",
+                                  views=[[0.0, 90.0 * v, 1.0] for v in range(views)], points=16,
+                                  caption=f"a {label} block" if captions else "")
+                w.write(encode_sample(make_key("test", uid), rng.standard_normal((16, 3)) * 0.3, meta, rgb=rgb,
+                                      caption=meta.caption or None))
+        counts[name] = len(chunk)
+    ShardIndex(corpus="test", settings={}, labels=labels, shards=counts, total_objects=len(objects)).save(root)
+    return root
+
+
+def test_export_pairs_one_image_and_caption_per_sample(tmp_path):
+    src = write_object_shards(tmp_path / "objects")
+    summary = export_pairs([src], tmp_path / "pairs", samples_per_shard=10)
+    assert summary.objects == 12 and summary.num_samples == 24
+    assert summary.shards == {"pairs-000000.tar": 10, "pairs-000001.tar": 10, "pairs-000002.tar": 4}
+    assert summary.train_data.endswith("pairs-{000000..000002}.tar")
+    assert json.loads((tmp_path / "pairs" / "sizes.json").read_text()) == summary.shards
+    assert load_export(tmp_path / "pairs") == summary
+    with tarfile.open(tmp_path / "pairs" / "pairs-000000.tar") as tar:
+        names = tar.getnames()
+    assert names[:4] == ["test-blue0_v0.png", "test-blue0_v0.txt", "test-blue0_v1.png", "test-blue0_v1.txt"]
+    first = next(read_object_samples(tmp_path / "pairs" / "pairs-000000.tar"))
+    assert first["txt"] == b"a blue block"
+    # the PNG is the object shard's bytes, unchanged
+    obj = next(read_object_samples(src / "shard-000000.tar"))
+    assert first["png"] == obj["rgb.0.png"]
+    # webdataset (what open_clip_train reads with) sees image + text per sample
+    import webdataset as wds
+
+    samples = list(wds.WebDataset(summary.train_data, shardshuffle=False, empty_check=False).decode("pilrgb")
+                   .to_tuple("png;jpg;jpeg;webp", "txt"))
+    assert len(samples) == 24 and samples[0][0].size == (32, 32) and samples[0][1] == "a blue block"
+
+
+def test_export_pairs_skips_corrupt_shards_and_uses_label_captions(tmp_path):
+    src = write_object_shards(tmp_path / "objects", captions=False)
+    data = (src / "shard-000001.tar").read_bytes()
+    (src / "shard-000001.tar").write_bytes(data[: len(data) // 3])  # truncated
+    summary = export_pairs([src], tmp_path / "pairs", views=[1], caption_template="a {label}")
+    assert len(summary.corrupt_shards) == 1 and "shard-000001.tar" in summary.corrupt_shards[0]
+    assert summary.num_samples == summary.objects >= 6  # the intact shard's 6 objects, view 1 only
+    first = next(read_object_samples(tmp_path / "pairs" / "pairs-000000.tar"))
+    assert first["__key__"].endswith("_v1") and first["txt"] in (b"a blue", b"a green", b"a red")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        export_pairs([tmp_path / "nowhere"], tmp_path / "p2")
+
+
+def test_lr_schedule_warmup_then_cosine():
+    tc = _train_clip_module()
+    assert tc.lr_at(0, 100, 1.0, 10) == pytest.approx(0.1)
+    assert tc.lr_at(9, 100, 1.0, 10) == pytest.approx(1.0)
+    assert tc.lr_at(10, 100, 1.0, 10) == pytest.approx(1.0)
+    assert tc.lr_at(55, 100, 1.0, 10) == pytest.approx(0.5)
+    assert tc.lr_at(100, 100, 1.0, 10) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_train_clip_cli_writes_weights_create_clip_loads(tmp_path):
+    src = write_object_shards(tmp_path / "objects")
+    out = tmp_path / "clip"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, str(REPO / "launch" / "train_clip.py"), "--shards", str(src), "--out", str(out),
+           "--model", "c2p-tiny", "--epochs", "2", "--batch-size", "8", "--warmup", "1", "--lr", "5e-3",
+           "--log-every", "1"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 6 and summary["pairs"] == 24
+    assert "fresh start" in proc.stdout and "epoch 2/2 step 6/6" in proc.stdout
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2, 3, 4, 5, 6]
+    assert all(np.isfinite(m["loss"]) for m in lines)
+    # both outputs load through create_clip: final safetensors and open_clip_train-style epoch checkpoint
+    final = create_clip("c2p-tiny", pretrained=summary["weights"])
+    ckpt = create_clip("c2p-tiny", pretrained=str(out / "checkpoints" / "epoch_2.pt"))
+    torch.manual_seed(0)
+    fresh = create_clip("c2p-tiny")
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(final.encode_image(x), ckpt.encode_image(x))
+    assert not torch.allclose(final.encode_image(x), fresh.encode_image(x))  # it trained
+    tokens = get_tokenizer("c2p-tiny")(["a red block"])
+    assert final.encode_text(tokens).shape == (1, 64)
+
+
+def test_train_clip_resume_continues_exactly(tmp_path):
+    tc = _train_clip_module()
+    torch.set_num_threads(1)
+    src = write_object_shards(tmp_path / "objects")
+    pairs = export_pairs([src], tmp_path / "pairs", samples_per_shard=10)
+    common = ["--shards", str(tmp_path / "pairs"), "--model", "c2p-tiny", "--batch-size", "8", "--warmup", "1",
+              "--lr", "5e-3", "--log-every", "100"]
+    straight = tc.main(common + ["--out", str(tmp_path / "a"), "--epochs", "2"])
+    tc.main(common + ["--out", str(tmp_path / "b"), "--epochs", "2", "--resume", "none"])
+    (tmp_path / "b" / "checkpoints" / "epoch_2.pt").unlink()  # as if stopped after epoch 1
+    resumed = tc.main(common + ["--out", str(tmp_path / "b"), "--epochs", "2", "--resume", "latest"])
+    assert resumed["start_epoch"] == 1 and straight["start_epoch"] == 0
+    assert resumed["pairs_dir"] == pairs.out
+    a = create_clip("c2p-tiny", pretrained=straight["weights"]).state_dict()
+    b = create_clip("c2p-tiny", pretrained=resumed["weights"]).state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_open_clip_train_command_line(tmp_path):
+    tc = _train_clip_module()
+    src = write_object_shards(tmp_path / "objects")
+    pairs = export_pairs([src], tmp_path / "pairs", samples_per_shard=10)
+    a = tc.parse_args(["--shards", pairs.out, "--out", str(tmp_path / "o"), "--model", "c2p-tiny", "--epochs", "3"])
+    argv = tc.open_clip_train_argv(a, pairs, tmp_path / "logs")
+    assert argv[argv.index("--train-data") + 1] == pairs.train_data
+    assert argv[argv.index("--train-num-samples") + 1] == "24"
+    assert argv[argv.index("--batch-size") + 1] == "24"
+    assert argv[argv.index("--dataset-type") + 1] == "webdataset"
+    with pytest.raises(SystemExit):
+        tc.parse_args(["--shards", pairs.out, "--out", "o", "--pretrained", str(tmp_path / "missing.pt")])
