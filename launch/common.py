@@ -57,6 +57,7 @@ import importlib
 import json
 import os
 import re
+import secrets
 import shlex
 import shutil
 import signal
@@ -454,9 +455,12 @@ def check_request(opts: ClusterOptions, *, array_size: int | None = None) -> Non
 # ----------------------------------------------------------------------------- submission
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write ``text`` under a temporary name, then rename: readers never see half a file."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
     os.replace(tmp, path)
 
 
@@ -569,12 +573,16 @@ _TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "BOOT_F
 
 def slurm_state(job_id: str) -> str:
     """The job's state from ``squeue`` (works without an accounting database); ``GONE`` once
-    SLURM forgot it (MinJobAge after the end)."""
+    SLURM forgot it (MinJobAge after the end), ``UNKNOWN`` when squeue did not answer."""
     r = _run(["squeue", "-h", "-j", str(job_id), "-o", "%T", "--states=all"], timeout=30)
     states = [s.strip() for s in r.stdout.split() if s.strip()]
-    if r.returncode != 0 or not states:
-        return "GONE"
-    return states[0]
+    if states:
+        return states[0]
+    if r.returncode != 0 and "Invalid job id" not in r.stderr:
+        if "fatal" in r.stderr or "configuration" in r.stderr:  # no cluster config here: asking again will not help
+            raise LaunchError(f"squeue cannot reach SLURM: {r.stderr.strip()} (SLURM_CONF={os.environ.get('SLURM_CONF', '')!r})")
+        return "UNKNOWN"  # controller busy: ask again later, never conclude "ended"
+    return "GONE"
 
 
 def _finished(job: Any) -> bool:
@@ -760,6 +768,15 @@ class RayClusterTask:
         env = dict(os.environ, C2P_RAY_CLUSTER=token, RAY_USAGE_STATS_ENABLED="0")
         return subprocess.Popen(cmd, env=env, start_new_session=True)
 
+    @staticmethod
+    def _use_auth_token(secret: str) -> None:
+        """Token authentication with a per-job secret, for ``ray start``, ``ray status`` and the
+        function's ``ray.init`` alike (all read these variables). Explicit, because Ray >= 2.5x
+        switches token auth on by itself when ``~/.ray/auth_token`` exists, and then a client
+        without that same token is refused."""
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ["RAY_AUTH_TOKEN"] = secret
+
     def __call__(self) -> Any:
         import submitit
 
@@ -772,15 +789,19 @@ class RayClusterTask:
         proc = None
         try:
             if rank == 0:
-                port = _free_port()
+                port, secret = _free_port(), secrets.token_hex(32)
+                self._use_auth_token(secret)
                 proc = self._ray_start(["--head", f"--port={port}", f"--node-ip-address={host_ip}", f"--ray-client-server-port={_free_port()}"], token)
                 address = f"{host_ip}:{port}"
                 self._wait_port(host_ip, port, proc)
-                _write_atomic(state / "head.json", json.dumps({"address": address}))
+                # head.json holds the cluster's secret: readable by the owner only.
+                _write_atomic(state / "head.json", json.dumps({"address": address, "token": secret}), mode=0o600)
                 self._wait_nodes(address, ntasks, proc)
                 return _resolve(self.target)(self.cfg, address=address)
             head = self._wait_file(state / "head.json")
-            address = json.loads(head.read_text())["address"]
+            info = json.loads(head.read_text())
+            address = info["address"]
+            self._use_auth_token(info["token"])
             proc = self._ray_start([f"--address={address}", f"--node-ip-address={host_ip}"], token)
             while not (state / "done").exists():
                 if proc.poll() is not None:
@@ -795,11 +816,11 @@ class RayClusterTask:
                     os.killpg(proc.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
-                try:
-                    proc.wait(timeout=15)
+                try:  # `ray start --block` drains for up to 30 s on TERM; the work is done, so do not wait for that
+                    proc.wait(timeout=3)
                 except subprocess.TimeoutExpired:
                     pass
-            stop_ray_processes(token)
+            stop_ray_processes(token, grace_s=2.0)
             shutil.rmtree(Path(tempfile.gettempdir()) / f"c2pray-{token}", ignore_errors=True)
 
     def _wait_file(self, path: Path) -> Path:

@@ -3,6 +3,7 @@
     python launch/evaluate.py --task zeroshot --config configs/downstream/zeroshot_modelnet40.yaml \\
         --root data/ModelNet40 --depth-tower runs/vitb32/export/depth_tower.safetensors \\
         [--cluster slurm|local] [--gpus-per-node 1 ...] [key=value ...]
+    python launch/evaluate.py --task zeroshot --run runs/vitb32 --config ... --root ...   # that run's export; reports in runs/vitb32/eval/
 
 Overrides are dotted keys of :class:`c2p.config.downstream.DownstreamConfig`
 (``encoder.views=6``, ``data.classes=[...]``). The whole config and the inputs it names are
@@ -41,6 +42,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--root", help="corpus root (data.root)")
     p.add_argument("--corpus", help="corpus reader (data.corpus)")
     p.add_argument("--depth-tower", help="exported depth tower .safetensors (encoder.depth_tower); omit for CLIP's image tower")
+    p.add_argument("--run", help="a pre-training run directory: its export/depth_tower.safetensors and model, reports in <run>/eval/")
     p.add_argument("--name", help="run name (run.name): reports go to <run.dir>/<name>/eval/")
     p.add_argument("--json", action="store_true", help="print the results as one JSON line")
     add_cluster_args(p, job_name="c2p-eval")
@@ -48,10 +50,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_intermixed_args(argv)  # key=value overrides may come before or after flags
 
 
+def run_flags(run: str | None) -> list[str]:
+    """``--run runs/<name>``: overrides evaluating that pre-training run's exported depth tower
+    (``export/depth_tower.safetensors``; the model name from ``export/depth_tower.json``) with the
+    reports under the same run (``runs/<name>/eval/``). Raises ConfigError if there is no export."""
+    if not run:
+        return []
+    run_dir = Path(run)
+    tower = run_dir / "export" / "depth_tower.safetensors"
+    if not tower.is_file():
+        raise ConfigError("--run", run, f"a pre-training run directory with {tower.relative_to(run_dir)} (run launch/export.py first)")
+    out = [f"encoder.depth_tower={tower}", f"run.dir={run_dir.parent}", f"run.name={run_dir.name}"]
+    info = run_dir / "export" / "depth_tower.json"
+    if info.is_file():
+        model = json.loads(info.read_text()).get("model")
+        if model:
+            out.append(f"encoder.model={model}")
+    return out
+
+
 def build_config(args: argparse.Namespace) -> DownstreamConfig:
-    """Config from --config, the named flags and the overrides; raises ConfigError."""
+    """Config from --config, --run, the named flags and the overrides (later wins); raises ConfigError."""
     flags = {"data.root": args.root, "data.corpus": args.corpus, "encoder.depth_tower": args.depth_tower, "run.name": args.name}
-    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.overrides)
+    overrides = run_flags(args.run) + [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.overrides)
     return load_config(DownstreamConfig, args.config, overrides)
 
 

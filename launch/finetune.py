@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from c2p.config import ConfigError, describe, load_config
 from c2p.config.downstream import DownstreamConfig
 from launch.common import ClusterOptions, LaunchError, add_cluster_args, launch_array
-from launch.evaluate import check_inputs
+from launch.evaluate import check_inputs, run_flags
 
 TARGET = "c2p.eval.fewshot:run_one"
 
@@ -46,6 +46,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--root", help="corpus root (data.root)")
     p.add_argument("--corpus", help="corpus reader (data.corpus)")
     p.add_argument("--depth-tower", help="exported depth tower .safetensors (encoder.depth_tower)")
+    p.add_argument("--run", help="a pre-training run directory: its export/depth_tower.safetensors and model, reports in <run>/eval/")
     p.add_argument("--name", help="run name (run.name): reports go to <run.dir>/<name>/eval/")
     p.add_argument("--collect", action="store_true", help="only build the sweep table/plot from finished runs")
     p.add_argument("--json", action="store_true", help="print the sweep rows as one JSON line")
@@ -65,7 +66,7 @@ def build_config(args: argparse.Namespace) -> DownstreamConfig:
         "encoder.depth_tower": args.depth_tower,
         "run.name": args.name,
     }
-    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.overrides)
+    overrides = run_flags(args.run) + [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.overrides)
     return load_config(DownstreamConfig, args.config, overrides)
 
 

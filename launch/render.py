@@ -34,6 +34,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--split", help="corpus split (corpus.split)")
     p.add_argument("--address", default=None, help="Ray cluster to join (default: start a local Ray)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line instead of text")
+    # LAUNCH: --cluster slurm runs the job on a Ray cluster inside one SLURM job (launch/common.py).
+    from launch.common import add_cluster_args
+
+    add_cluster_args(p, job_name="c2p-render")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     return p.parse_args(argv)
 
@@ -78,11 +82,23 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    try:
-        summary = run(cfg, args.address)
-    except (PlanMismatch, CorpusError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.cluster == "slurm":  # LAUNCH: Ray head + workers inside one SLURM job, stopped afterwards
+        from launch.common import ClusterOptions, JobFailedError, LaunchError, run_ray_in_slurm
+
+        out = Path(cfg.out).absolute()
+        try:
+            summary = run_ray_in_slurm("launch.render:run", cfg, ClusterOptions.from_args(args), out.parent / f"{out.name}.slurm", dry_run=args.dry_run)
+        except LaunchError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1 if isinstance(e, JobFailedError) else 2
+        if summary is None:  # --dry-run
+            return 0
+    else:
+        try:
+            summary = run(cfg, args.address)
+        except (PlanMismatch, CorpusError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     print(json.dumps(summary, sort_keys=True) if args.json else format_summary(summary), flush=True)
     return 1 if summary["shards_failed"] else 0
 

@@ -85,8 +85,12 @@ def create_feature_actors(model_name: str, pretrained: str, *, count: int, num_g
     """
     import ray
 
+    # A runtime env of their own gives the actors fresh worker processes: an idle render-task
+    # worker already holds Mesa's LLVM (llvmpipe), and open_clip's import chain (torchvision ->
+    # torch._dynamo -> triton) loads a second LLVM that segfaults beside it.
     actor_cls = ray.remote(ImageFeatureEncoder).options(
         num_cpus=0, num_gpus=num_gpus, max_restarts=3, max_task_retries=3,
+        runtime_env={"env_vars": {"C2P_WORKER_ROLE": "imgfeat"}},
     )
     # No CPU reserved (a 1-CPU node would deadlock: the render task waits on the actor), so on
     # CPU the actor runs one thread beside the render tasks.

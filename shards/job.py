@@ -12,7 +12,8 @@ Steps, each safe to interrupt:
    (``job.max_retries`` retries after a dead worker or a raised error; objects that fail
    are error records, not task failures), at most ``job.max_in_flight`` at once;
 4. ``index.json`` (:class:`~c2p.schema.ShardIndex`: complete shards only), ``errors.jsonl``
-   (listing and object errors, in plan order) and ``previews/`` are written from the
+   (objects left out: listing and object errors, in plan order), ``warnings.jsonl`` (objects
+   written with a renderer fallback, e.g. a missing texture) and ``previews/`` are written from the
    ``parts/`` records, so a re-run that renders nothing still rebuilds them identically.
 
 A shard task that keeps failing (it exhausted its retries) does not stop the others: it is
@@ -39,6 +40,7 @@ from shards.task import FAULT_ENV, PARTS_DIR, ShardResult, read_part, render_sha
 log = logging.getLogger(__name__)
 
 CONFIG_NAME = "render.yaml"
+WARNINGS_NAME = "warnings.jsonl"
 PREVIEWS_DIR = "previews"
 STAGES = ("load", "points", "render", "features", "encode", "write")
 
@@ -48,7 +50,7 @@ STAGES = ("load", "points", "render", "features", "encode", "write")
 
 def _job_files(out: Path) -> list[Path]:
     """Everything a render job writes into ``out`` (and nothing else: ``overwrite`` deletes only these)."""
-    names = [PLAN_NAME, INDEX_NAME, ERRORS_NAME, CONFIG_NAME, PARTS_DIR, PREVIEWS_DIR]
+    names = [PLAN_NAME, INDEX_NAME, ERRORS_NAME, WARNINGS_NAME, CONFIG_NAME, PARTS_DIR, PREVIEWS_DIR]
     files = [out / n for n in names if (out / n).exists()]
     files += sorted(out.glob("shard-*.tar")) + sorted(out.glob("*" + TMP_SUFFIX)) + sorted(out.glob(".fault-shard-*"))
     return files
@@ -219,7 +221,7 @@ def run_render_job(cfg: RenderJobConfig, address: str | None = None) -> dict[str
             previews = [str(p) for p in write_previews(out, index, cfg.job.previews)]
         except Exception as e:  # previews are for people; never fail a finished render over them
             log.warning("previews not written: %s: %s", type(e).__name__, e)
-    errors = plan.listing_errors + [e for i in sorted(parts) for e in parts[i]["errors"]]
+    errors, warnings = collect_records(plan, parts)
     timings = {k: round(sum(r.timings.get(k, 0.0) for r in results.values()), 3) for k in STAGES + ("total",)}
     rendered_objects = sum(len(s.refs) for s in plan.shards if s.index in results)
     return {
@@ -228,6 +230,8 @@ def run_render_job(cfg: RenderJobConfig, address: str | None = None) -> dict[str
         "samples": index.num_samples,
         "errors": len(errors),
         "errors_by_reason": dict(Counter(_reason_key(e) for e in errors).most_common()),
+        "warnings": len(warnings),
+        "warnings_by_reason": dict(Counter(_reason_key(w) for w in warnings).most_common()),
         "shards": len(plan.shards),
         "shards_rendered": len(results),
         "shards_skipped": skipped,
@@ -244,14 +248,15 @@ def run_render_job(cfg: RenderJobConfig, address: str | None = None) -> dict[str
 
 
 def finalize_output(out: Path, plan: RenderPlan, parts: dict[int, dict[str, Any]]) -> ShardIndex:
-    """Write ``index.json`` (complete shards only) and ``errors.jsonl`` from the parts records.
+    """Write ``index.json`` (complete shards only), ``errors.jsonl`` and ``warnings.jsonl`` from
+    the parts records.
 
-    Both depend only on the plan and the shards, so every run that ends with the same shards
+    They depend only on the plan and the shards, so every run that ends with the same shards
     writes the same bytes.
     """
-    errors = plan.listing_errors + [e for i in sorted(parts) for e in parts[i]["errors"]]
-    lines = "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors)
-    atomic_write_bytes(out / ERRORS_NAME, lines.encode())
+    errors, warnings = collect_records(plan, parts)
+    atomic_write_bytes(out / ERRORS_NAME, _jsonl(errors))
+    atomic_write_bytes(out / WARNINGS_NAME, _jsonl(warnings))
     index = ShardIndex(
         corpus=plan.corpus,
         settings=plan.settings,
@@ -263,6 +268,17 @@ def finalize_output(out: Path, plan: RenderPlan, parts: dict[int, dict[str, Any]
     )
     index.save(out)
     return index
+
+
+def collect_records(plan: RenderPlan, parts: dict[int, dict[str, Any]]) -> tuple[list[dict], list[dict]]:
+    """(errors, warnings) of a render in plan order: listing errors first, then shard by shard."""
+    errors = plan.listing_errors + [e for i in sorted(parts) for e in parts[i]["errors"]]
+    warnings = [w for i in sorted(parts) for w in parts[i].get("warnings", [])]
+    return errors, warnings
+
+
+def _jsonl(records: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode()
 
 
 def _reason_key(error: dict[str, Any]) -> str:
@@ -284,6 +300,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary["errors_by_reason"]:
         lines.append("errors by reason (details in errors.jsonl):")
         for reason, n in list(summary["errors_by_reason"].items())[:10]:
+            lines.append(f"  {n:6d}  {reason}")
+    if summary["warnings"]:
+        lines.append(f"{summary['warnings']} objects written with a fallback (details in {WARNINGS_NAME}):")
+        for reason, n in list(summary["warnings_by_reason"].items())[:5]:
             lines.append(f"  {n:6d}  {reason}")
     lines.append(f"size {summary['bytes'] / 2**20:.1f} MiB, wall time {summary['wall_s']:.1f} s"
                  + (f", {summary['objects_per_s']:.2f} objects/s" if summary["objects_per_s"] else ""))

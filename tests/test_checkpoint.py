@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from c2p.train import checkpoint as ck
 from c2p.train.checkpoint import CheckpointManager, CheckpointMismatchError, committed_tags, tag_name
 
-from test_pretrain import base_overrides, blob_shards, launch, read_metrics  # noqa: F401  (fixture)
+from test_pretrain import (  # noqa: F401  (blob_shards is a fixture)
+    assert_same_state, base_overrides, blob_shards, check_export_matches_engine, launch, read_metrics, universal_state)
 
 SIG = {"model": "c2p-tiny", "embed_dim": 64, "image_size": 32}
 
@@ -103,86 +100,54 @@ def test_prune_keeps_k_and_survives_a_failed_delete(tmp_path, monkeypatch, caplo
 # ----------------------------------------------------------------------------- real runs
 
 
-def _universal_state(tag_dir: Path, out: Path) -> dict[str, dict[str, torch.Tensor]]:
-    """Per-parameter consolidated fp32 weights and Adam moments, via DeepSpeed's universal converter."""
-    if not (out / "zero").is_dir():
-        r = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(tag_dir),
-                            "--output_folder", str(out), "--inject_missing_state", "--num_extract_workers", "1",
-                            "--num_merge_workers", "1"], capture_output=True, text=True,
-                           env=dict(os.environ, OMP_NUM_THREADS="1"))
-        assert r.returncode == 0, r.stderr[-3000:]
-    state = {}
-    for p in sorted((out / "zero").iterdir()):
-        if p.is_dir():
-            state[p.name] = {k: torch.load(p / f"{k}.pt", map_location="cpu", weights_only=False)["param"]
-                             for k in ("fp32", "exp_avg", "exp_avg_sq")}
-    return state
-
-
-def _assert_same_state(a: dict, b: dict) -> None:
-    assert sorted(a) == sorted(b) and a
-    for name in a:
-        for k in ("fp32", "exp_avg", "exp_avg_sq"):
-            torch.testing.assert_close(a[name][k], b[name][k], rtol=0, atol=0, msg=f"{name}.{k}")
-
-
 @pytest.mark.slow
-def test_exact_resume_and_resume_at_another_world_size(tmp_path, blob_shards):
-    """ZeRO-2, 2 ranks, deterministic: 40 straight == 20 + resume to 40 (steps 21-40 bit-equal).
-    Then the resumed run moves 2 -> 1 rank (universal checkpoint), trains 5 steps, and 1 -> 2:
-    each time the loaded fp32 weights and LAMB moments equal the saved ones and training goes on."""
+def test_exact_resume_crash_safety_and_another_world_size(tmp_path, blob_shards):
+    """ZeRO-2, 2 ranks, deterministic.
+
+    1. Crash safety: the second run's rank 1 dies after writing its shard of step 30, before the
+       commit marker: step 30 is never `latest`, and the next run resumes from step 20.
+    2. Exact resume: 40 straight == 20 (+ the lost 21-30) + resume to 40: steps 21-40 bit-equal.
+    3. The run moves 2 -> 1 rank (universal checkpoint, cached next to the tag), trains 5 steps,
+       and 1 -> 2: each time the loaded fp32 weights and LAMB moments equal the saved ones, the
+       step counter carries on and training continues; the final export loads into open_clip.
+    """
     common = ["train.zero_stage=2", "train.deterministic=true", "checkpoint.every=10", "checkpoint.keep=3"]
     launch(2, base_overrides(blob_shards, tmp_path, "straight") + common + ["train.steps=40", "checkpoint.export=false"])
-    launch(2, base_overrides(blob_shards, tmp_path, "resumed") + common + ["train.steps=20", "checkpoint.export=false"])
-    out = launch(2, base_overrides(blob_shards, tmp_path, "resumed") + common + ["train.steps=40", "checkpoint.export=false"])[0]
-    assert "resumed from step 20" in out and "train.steps: 20 -> 40" in out
-    straight, resumed = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
-    assert [r["step"] for r in resumed] == list(range(1, 41))
-    for a, b in zip(straight[20:], resumed[20:]):
+    resumed = base_overrides(blob_shards, tmp_path, "resumed") + common
+    launch(2, resumed + ["train.steps=30"], env={ck.KILL_ENV: "30:1"}, expect_rc={1: 17})
+    ckpts = tmp_path / "resumed" / "checkpoints"
+    assert any((ckpts / "step_00000030").glob("*optim_states.pt"))  # shards written ...
+    assert not (ckpts / "step_00000030" / ck.COMMIT_NAME).exists()  # ... never committed
+    assert (ckpts / "latest").read_text() == "step_00000020"
+    assert [t.step for t in committed_tags(ckpts)] == [10, 20]
+
+    out = launch(2, resumed + ["train.steps=40", "checkpoint.export=false"])[0]
+    assert "resumed from step 20" in out and "train.steps: 30 -> 40" in out
+    straight, again = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
+    assert [r["step"] for r in again] == list(range(1, 41))  # the lost steps 21-30 were dropped and redone
+    for a, b in zip(straight[20:], again[20:]):
         assert (a["step"], a["loss"], a["loss_cross"], a["loss_intra"], a["w"]) == \
             (b["step"], b["loss"], b["loss_cross"], b["loss_intra"], b["w"])
-    assert straight[-1]["loss"] < straight[0]["loss"]
+    assert [t.step for t in committed_tags(ckpts)] == [20, 30, 40] and (ckpts / "latest").read_text() == "step_00000040"
 
     # 2 -> 1 rank from step 40
     run = tmp_path / "resumed"
-    ckpts = run / "checkpoints"
     dump = tmp_path / "dump1"
-    out = launch(1, base_overrides(blob_shards, tmp_path, "resumed") + common + ["train.steps=45", "checkpoint.every=5"],
-                 env={ck.DUMP_ENV: str(dump)})[0]
+    out = launch(1, resumed + ["train.steps=45", "checkpoint.every=5"], env={ck.DUMP_ENV: str(dump)})[0]
     assert "resumed from step 40" in out and "universal" in out
     assert (ckpts / "step_00000040_universal" / ck.UNIVERSAL_DONE).is_file()  # cached next to the tag
-    _assert_same_state(_universal_state(ckpts / "step_00000040", tmp_path / "u40"),
-                       _universal_state(dump / "loaded", tmp_path / "u40_loaded"))
+    assert_same_state(universal_state(ckpts / "step_00000040_universal"),
+                       universal_state(dump / "loaded", tmp_path / "u40_loaded"))
     m = read_metrics(run)
     assert [r["step"] for r in m] == list(range(1, 46)) and m[-1]["samples"] == 45 * 16
     assert json.loads((ckpts / "step_00000045" / ck.COMMIT_NAME).read_text())["world_size"] == 1
 
     # 1 -> 2 ranks from step 45; the export of the final tag loads into a plain visual tower
     dump2 = tmp_path / "dump2"
-    out = launch(2, base_overrides(blob_shards, tmp_path, "resumed") + common + ["train.steps=48", "checkpoint.every=5"],
-                 env={ck.DUMP_ENV: str(dump2)})[0]
+    out = launch(2, resumed + ["train.steps=48", "checkpoint.every=5"], env={ck.DUMP_ENV: str(dump2)})[0]
     assert "resumed from step 45" in out
-    _assert_same_state(_universal_state(ckpts / "step_00000045", tmp_path / "u45"),
-                       _universal_state(dump2 / "loaded", tmp_path / "u45_loaded"))
-    assert [r["step"] for r in read_metrics(run)][-3:] == [46, 47, 48]
-    from test_pretrain import check_export_matches_engine
-
+    assert_same_state(universal_state(ckpts / "step_00000045_universal"),
+                       universal_state(dump2 / "loaded", tmp_path / "u45_loaded"))
+    m = read_metrics(run)
+    assert [r["step"] for r in m][-3:] == [46, 47, 48] and all(r["loss"] == r["loss"] for r in m)
     check_export_matches_engine(run)
-
-
-@pytest.mark.slow
-def test_save_killed_mid_write_is_never_latest(tmp_path, blob_shards):
-    """Rank 1 dies after writing its shard of step 6, before the commit marker: step 6 is not
-    committed, `latest` still names step 3, and the next run resumes from step 3."""
-    over = base_overrides(blob_shards, tmp_path, "killed") + ["train.zero_stage=2", "train.steps=6", "checkpoint.every=3",
-                                                              "checkpoint.export=false"]
-    launch(2, over, env={ck.KILL_ENV: "6:1"}, expect_rc={1: 17})
-    ckpts = tmp_path / "killed" / "checkpoints"
-    assert (ckpts / "step_00000006").is_dir() and any((ckpts / "step_00000006").glob("*optim_states.pt"))
-    assert not (ckpts / "step_00000006" / ck.COMMIT_NAME).exists()
-    assert (ckpts / "latest").read_text() == "step_00000003"
-    assert [t.step for t in committed_tags(ckpts)] == [3]
-    out = launch(2, over)[0]
-    assert "resumed from step 3" in out
-    assert [t.step for t in committed_tags(ckpts)] == [3, 6] and (ckpts / "latest").read_text() == "step_00000006"
-    assert [r["step"] for r in read_metrics(tmp_path / "killed")] == [1, 2, 3, 4, 5, 6]

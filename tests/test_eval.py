@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,10 @@ from c2p.eval.report import classification_metrics
 from c2p.eval.zeroshot import evaluate_zeroshot, zeroshot_logits
 
 torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parents[1]
+ZS_TINY, FS_TINY = str(REPO / "configs/downstream/zeroshot_tiny.yaml"), str(REPO / "configs/downstream/fewshot_tiny.yaml")
+if str(REPO) not in sys.path:  # launch/ is not an installed package: the launchers are imported from the checkout
+    sys.path.insert(0, str(REPO))
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -186,6 +191,13 @@ def test_depth_tower_of_another_model_size_is_named(tmp_path):
         load_depth_tower(path, tiny, "c2p-tiny")
     with pytest.raises(EvalError, match="does not exist"):
         load_depth_tower(tmp_path / "nope.safetensors", tiny, "c2p-tiny")
+    # same shapes, but the export records another model name (as export_depth_tower writes it)
+    named = tmp_path / "named.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny.state_dict().items()}, str(named), metadata={"model": "c2p-tiny-quickgelu", "step": "7"})
+    with pytest.raises(EvalError, match=r"exported for model 'c2p-tiny-quickgelu'.*encoder.model is 'c2p-tiny'"):
+        load_depth_tower(named, tiny, "c2p-tiny")
+    loaded = load_depth_tower(named, tiny, "")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), tiny.state_dict().values()))
 
 
 # ----------------------------------------------------------------------------- few-shot / supervised GDPA
@@ -308,22 +320,33 @@ def test_launch_evaluate_and_finetune_locally(tmp_path, synthetic, capsys):
     from launch.evaluate import main as evaluate_main
     from launch.finetune import main as finetune_main
 
+    import shutil
+
     root, tower = synthetic
-    common = ["--root", str(root), "--cluster", "local", f"run.dir={tmp_path}", "encoder.device=cpu"]
-    rc = evaluate_main(["--task", "zeroshot", "--config", "configs/downstream/zeroshot_tiny.yaml", "--depth-tower", str(tower), "--json", *common])
+    # a pre-training run as launch/pretrain.py leaves it: export/depth_tower.safetensors + depth_tower.json
+    pre = tmp_path / "runs" / "pre"
+    (pre / "export").mkdir(parents=True)
+    shutil.copy(tower, pre / "export" / "depth_tower.safetensors")
+    (pre / "export" / "depth_tower.json").write_text(json.dumps({"model": "c2p-tiny", "step": 3}))
+    rc = evaluate_main(["--task", "zeroshot", "--config", ZS_TINY, "--run", str(pre), "--json",
+                        "--root", str(root), "--cluster", "local"])
     assert rc == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["encoder"] == "depth_tower" and line["metrics"]["n"] == 14 * 4
-    assert (tmp_path / "zeroshot-tiny" / "eval" / "zeroshot" / "results.json").is_file()
+    assert (pre / "eval" / "zeroshot" / "results.json").is_file()
+    assert evaluate_main(["--config", ZS_TINY, "--run", str(tmp_path), "--root", str(root)]) == 2
+    assert "export/depth_tower.safetensors" in capsys.readouterr().err
 
-    rc = finetune_main(["--task", "fewshot", "--shots", "1", "--seed", "0", "1", "--config", "configs/downstream/fewshot_tiny.yaml",
+    common = ["--root", str(root), "--cluster", "local", f"run.dir={tmp_path}", "encoder.device=cpu"]
+
+    rc = finetune_main(["--task", "fewshot", "--shots", "1", "--seed", "0", "1", "--config", FS_TINY,
                         "--depth-tower", str(tower), "finetune.epochs=2", *common])
     assert rc == 0
     assert "| 1 | 2 |" in capsys.readouterr().out
     sweep = tmp_path / "fewshot-tiny" / "eval" / "fewshot"
     assert (sweep / "sweep.md").is_file() and (sweep / "accuracy_vs_k.png").is_file() and (sweep / "k1" / "seed1" / "results.json").is_file()
     # the same sweep as a SLURM job array: one element per (K, seed), nothing submitted on a dry run
-    rc = finetune_main(["--task", "fewshot", "--shots", "1", "2", "--seed", "0", "1", "--config", "configs/downstream/fewshot_tiny.yaml",
+    rc = finetune_main(["--task", "fewshot", "--shots", "1", "2", "--seed", "0", "1", "--config", FS_TINY,
                         "--depth-tower", str(tower), *common[:2], "--cluster", "slurm", "--dry-run", f"run.dir={tmp_path / 'dry'}"])
     out = capsys.readouterr().out
     assert rc == 0 and "job array of 4 element(s)" in out and not (tmp_path / "dry").exists()
@@ -335,12 +358,61 @@ def test_launchers_refuse_bad_inputs_before_running(tmp_path, synthetic, capsys)
 
     root, tower = synthetic
     common = ["--root", str(root), "--cluster", "local", f"run.dir={tmp_path}"]
-    assert finetune_main(["--shots", "0", "--config", "configs/downstream/fewshot_tiny.yaml", "--depth-tower", str(tower), *common]) == 2
+    assert finetune_main(["--shots", "0", "--config", FS_TINY, "--depth-tower", str(tower), *common]) == 2
     assert "finetune.shots" in capsys.readouterr().err
-    assert evaluate_main(["--depth-tower", str(tmp_path / "missing.safetensors"), "--config", "configs/downstream/zeroshot_tiny.yaml", *common]) == 2
+    assert evaluate_main(["--depth-tower", str(tmp_path / "missing.safetensors"), "--config", ZS_TINY, *common]) == 2
     assert "encoder.depth_tower" in capsys.readouterr().err
-    assert finetune_main(["--config", "configs/downstream/fewshot_tiny.yaml", *common]) == 2  # paths=both without a depth tower
+    assert finetune_main(["--config", FS_TINY, *common]) == 2  # paths=both without a depth tower
     assert "encoder.depth_tower" in capsys.readouterr().err
-    assert evaluate_main(["--config", "configs/downstream/zeroshot_tiny.yaml", "data.classes=[chair,sofa]", *common]) == 2
+    assert evaluate_main(["--config", ZS_TINY, "data.classes=[chair,sofa]", *common]) == 2
     assert "data.classes does not match" in capsys.readouterr().err
     assert not (tmp_path / "zeroshot-tiny").exists() and not (tmp_path / "fewshot-tiny").exists()
+
+
+def test_object_points_from_points_meshes_and_scenes():
+    import trimesh
+
+    from c2p.corpora import ObjectRecord, ObjectRef
+    from c2p.eval.features import _object_points
+
+    def rec(uid, mesh=None, points=None):
+        return ObjectRecord(ObjectRef("c", uid, "a", 0, "src"), mesh, points)
+
+    stored = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
+    sub = _object_points(rec("p", points=stored), 20)
+    assert sub.shape == (20, 3) and np.array_equal(sub, _object_points(rec("p", points=stored), 20))  # same uid, same draw
+    assert set(map(tuple, sub)) <= set(map(tuple, stored))
+    assert _object_points(rec("p", points=stored), 80).shape == (80, 3)  # fewer stored than asked: repeats
+    scene = trimesh.Scene([trimesh.creation.box(), trimesh.creation.icosphere()])
+    assert _object_points(rec("s", mesh=scene), 64).shape == (64, 3)
+    with pytest.raises(EvalError, match="neither points nor a mesh"):
+        _object_points(rec("n"), 8)
+
+
+# ----------------------------------------------------------------------------- SLURM job array (real local cluster)
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_fewshot_sweep_as_a_slurm_job_array(tmp_path, synthetic, monkeypatch, capsys):
+    """The sweep goes out as ONE job array on the local SLURM (.ci/slurm.sh, idempotent start);
+    each element writes its results.json and the launcher builds the table from them."""
+    import subprocess
+
+    from launch.finetune import main as finetune_main
+
+    script = str(REPO / ".ci" / "slurm.sh")
+    subprocess.run(["bash", script, "start"], check=True, capture_output=True, timeout=180)
+    conf = subprocess.run(["bash", script, "env"], check=True, capture_output=True, text=True).stdout.strip().split("=", 1)[1]
+    monkeypatch.setenv("SLURM_CONF", conf)
+    root, tower = synthetic
+    rc = finetune_main(["--cluster", "slurm", "--task", "fewshot", "--shots", "1", "--seed", "0", "1", "--time", "10",
+                        "--config", FS_TINY, "--root", str(root), "--depth-tower", str(tower),
+                        f"run.dir={tmp_path}", "finetune.epochs=2"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "submitted job array" in out and "| 1 | 2 |" in out
+    sweep = tmp_path / "fewshot-tiny" / "eval" / "fewshot"
+    assert {p.parent.name for p in sweep.glob("k1/seed*/results.json")} == {"seed0", "seed1"}
+    assert len(list((sweep / "logs").iterdir())) >= 2  # one log folder per array element
+    assert (sweep / "sweep.md").is_file() and (sweep / "accuracy_vs_k.png").is_file()

@@ -35,7 +35,8 @@ EMBED_DIM = 64  # c2p-tiny's joint embedding
 
 def write_blob_shards(out: Path, n_objects: int = 32, n_shards: int = 4, points: int = 256, seed: int = 0) -> Path:
     """Synthetic-like shards: each object is a union of 3 random Gaussian blobs (its own depth
-    silhouette), with one view (0°, 0°, d=1) and a random fixed image feature: learning to
+    silhouette), with one view (0°, 0°, d=1), a flat-colour RGB render and a random fixed image
+    feature (``imgfeat.tiny``): learning to
     retrieve an object's image feature from its depth maps is possible and checkable."""
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -51,7 +52,9 @@ def write_blob_shards(out: Path, n_objects: int = 32, n_shards: int = 4, points:
                 p /= np.linalg.norm(p, axis=1).max()
                 meta = SampleMeta(uid=f"o{i:04d}", corpus="blobs", label=f"c{i % 4}", label_index=i % 4,
                                   source="test", views=[[0.0, 0.0, 1.0]], points=points)
-                w.write(encode_sample(make_key("blobs", f"o{i:04d}"), p, meta, imgfeat={IMGFEAT_TAG: feats[i][None]}))
+                rgb = np.broadcast_to(rng.integers(0, 256, (1, 1, 3), dtype=np.uint8), (32, 32, 3))
+                w.write(encode_sample(make_key("blobs", f"o{i:04d}"), p, meta, rgb=[rgb],
+                                      imgfeat={IMGFEAT_TAG: feats[i][None]}))
         counts[SHARD_PATTERN.format(s)] = len(ids)
     ShardIndex(corpus="blobs", settings={}, labels=[f"c{j}" for j in range(4)], shards=counts,
                total_objects=n_objects).save(out)
@@ -69,8 +72,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def base_overrides(shards: Path, run_dir: Path, name: str) -> list[str]:
-    return [f"data.shards=[{shards}]", f"data.imgfeat_tag={IMGFEAT_TAG}", f"run.dir={run_dir}", f"run.name={name}",
+def base_overrides(shards: Path, run_dir: Path, name: str, imgfeat: bool = True) -> list[str]:
+    return [f"data.shards=[{shards}]", f"data.imgfeat_tag={IMGFEAT_TAG if imgfeat else ''}", f"run.dir={run_dir}", f"run.name={name}",
             "train.log_every=1"]
 
 
@@ -123,6 +126,31 @@ def check_export_matches_engine(run: Path) -> None:
     with torch.no_grad():
         feats = visual(probe["images"])
     torch.testing.assert_close(feats, probe["features"], rtol=1e-4, atol=1e-5)
+
+
+def universal_state(tag_dir: Path, out: Path | None = None) -> dict[str, dict[str, torch.Tensor]]:
+    """Per-parameter consolidated fp32 weights and Adam moments, via DeepSpeed's universal
+    converter (``out=None``: ``tag_dir`` is already in universal format)."""
+    out = out or tag_dir
+    if not (out / "zero").is_dir():
+        r = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(tag_dir),
+                            "--output_folder", str(out), "--inject_missing_state", "--num_extract_workers", "1",
+                            "--num_merge_workers", "1"], capture_output=True, text=True,
+                           env=dict(os.environ, OMP_NUM_THREADS="1"))
+        assert r.returncode == 0, r.stderr[-3000:]
+    state = {}
+    for p in sorted((out / "zero").iterdir()):
+        if p.is_dir():
+            state[p.name] = {k: torch.load(p / f"{k}.pt", map_location="cpu", weights_only=False)["param"]
+                             for k in ("fp32", "exp_avg", "exp_avg_sq")}
+    return state
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    assert sorted(a) == sorted(b) and a
+    for name in a:
+        for k in ("fp32", "exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(a[name][k], b[name][k], rtol=0, atol=0, msg=f"{name}.{k}")
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -192,10 +220,11 @@ def test_loss_goes_down_and_retrieval_rises_above_chance(tmp_path, blob_shards):
 def test_zero_stage_trains_on_two_ranks(tmp_path, blob_shards, stage):
     """ZeRO-0/1/3 on 2 gloo ranks (stage 2 runs in test_checkpoint.py). Same run: the export
     equals the engine's features, DeepSpeed's own zero_to_fp32 reads our tag; stage 1 also
-    runs gradient accumulation and activation checkpointing."""
+    runs gradient accumulation and activation checkpointing; stage 0 reads RGB images and runs
+    the frozen image tower instead of precomputed features."""
     name = f"z{stage}"
     extra = ["train.grad_accum=2", "model.grad_checkpointing=true"] if stage == 1 else []
-    launch(2, base_overrides(blob_shards, tmp_path, name) + [
+    launch(2, base_overrides(blob_shards, tmp_path, name, imgfeat=stage != 0) + [
         f"train.zero_stage={stage}", "train.steps=4", "checkpoint.every=2", "checkpoint.keep=1", *extra])
     run = tmp_path / name
     m = read_metrics(run)
@@ -207,6 +236,25 @@ def test_zero_stage_trains_on_two_ranks(tmp_path, blob_shards, stage):
     commit = json.loads((ckpts / "step_00000004" / "c2p_commit.json").read_text())
     assert (commit["world_size"], commit["zero_stage"], commit["step"]) == (2, stage, 4)
     check_export_matches_engine(run)
+    if stage == 1:  # the engine-free export (launch/export.py) of another tag gives the same tensors
+        from safetensors.torch import load_file
+
+        from c2p.train.pretrain import export_run
+
+        again = export_run(run, out_dir=tmp_path / "again")
+        a, b = load_file(again), load_file(run / "export" / "depth_tower.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        assert json.loads((tmp_path / "again" / "depth_tower.json").read_text())["step"] == 4
+    if stage == 3:  # ZeRO-3 at another world size: 2 -> 1 rank through the universal format
+        from c2p.train import checkpoint as ck
+
+        out = launch(1, base_overrides(blob_shards, tmp_path, name) + ["train.zero_stage=3", "train.steps=6",
+                                                                       "checkpoint.export=false"],
+                     env={ck.DUMP_ENV: str(tmp_path / "dump")})[0]
+        assert "resumed from step 4" in out and "universal format" in out
+        assert_same_state(universal_state(ckpts / "step_00000004_universal"),
+                          universal_state(tmp_path / "dump" / "loaded", tmp_path / "u_loaded"))
+        assert [r["step"] for r in read_metrics(run)] == [1, 2, 3, 4, 5, 6]
     if stage >= 1:  # DeepSpeed's recovery script, as a user would run it, on our tag
         out = tmp_path / "fp32"
         r = subprocess.run([sys.executable, str(ckpts / "zero_to_fp32.py"), str(ckpts), str(out), "-t", "step_00000004"],

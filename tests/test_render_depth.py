@@ -127,6 +127,29 @@ def test_normalize_depth_values():
     torch.testing.assert_close(empty, torch.ones_like(empty))
 
 
+def _released_norm(zbuf: torch.Tensor) -> torch.Tensor:
+    """The released CLIP2Point ``Renderer.norm`` (render/render.py), transcribed: in-place ops on a detached alias."""
+    b, v, h, w = zbuf.shape
+    img = zbuf.reshape(b * v, h, w).clone()
+    detached = img.detach()
+    mask = detached > 0
+    batch_max = detached.reshape(b * v, -1).max(dim=1, keepdim=True)[0].unsqueeze(-1).repeat(1, h, w)
+    detached[~mask] = 1.0
+    batch_min = detached.reshape(b * v, -1).min(dim=1, keepdim=True)[0].unsqueeze(-1).repeat(1, h, w)
+    img = img.sub_(batch_min).div_(batch_max) * 200.0 / 255.0
+    img[~mask] = 1.0
+    img = img.unsqueeze(1).repeat(1, 3, 1, 1)
+    mean, std = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return ((img - mean) / std).view(b, v, 3, h, w)
+
+
+def test_normalize_depth_matches_released_code():
+    pts = torch.stack([_cloud(400, 11), _cloud(400, 12) * 0.3 + 0.5])  # the second one off-centre and small
+    dist = torch.tensor([[0.9, 1.0, 1.1], [1.0, 1.1, 0.9]])
+    z = render_depth(pts, VIEWS_10[:3, 0], VIEWS_10[:3, 1], dist, image_size=48)
+    torch.testing.assert_close(normalize_depth(z), _released_norm(z), atol=2e-6, rtol=0)
+
+
 def test_render_depth_pair():
     pts = torch.stack([_cloud(300, 7), _cloud(300, 8)])
     elev, azim = torch.tensor([0.0, 225.0]), torch.tensor([90.0, -45.0])

@@ -142,6 +142,38 @@ def test_face_colours_light_and_determinism(renderer):
     b = renderer.render(sphere, VIEWS_10[:, 0], VIEWS_10[:, 1], 1.0, light="random", seed=3)
     c = renderer.render(sphere, VIEWS_10[:, 0], VIEWS_10[:, 1], 1.0, light="random", seed=4)
     assert a.shape == (10, S, S, 3) and np.array_equal(a, b) and not np.array_equal(a, c)
+    # depth: view z from the RGB camera at 2 * dist; the sphere's front point (radius 0.8) sits at 2 - 0.8
+    _, depth = renderer.render(sphere, [0.0], [0.0], 1.0, return_depth=True)
+    assert abs(float(depth[0, S // 2 - 1 : S // 2 + 1, S // 2 - 1 : S // 2 + 1].mean()) - 1.2) < 0.01
+
+
+def test_culling_and_winding_do_not_change_pixels(renderer, monkeypatch):
+    """Closed outward meshes are drawn with back faces culled; that, or inverted winding, changes no pixel."""
+    import c2p.render.mesh as mesh_mod
+
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.8)
+    sphere.visual.vertex_colors = (np.abs(sphere.vertex_normals) * 255).astype(np.uint8)
+    parts, _ = mesh_mod.mesh_parts(sphere)
+    assert parts[0].closed
+    culled = renderer.render(sphere, VIEWS_10[:, 0], VIEWS_10[:, 1], 1.0, light="random", seed=1)
+    inverted = sphere.copy()
+    inverted.invert()  # inward normals and winding: not culled, lit two-sided
+    assert not mesh_mod.mesh_parts(inverted)[0][0].closed
+    flipped = renderer.render(inverted, VIEWS_10[:, 0], VIEWS_10[:, 1], 1.0, light="random", seed=1)
+    monkeypatch.setattr(mesh_mod, "_closed_outward", lambda v, f: False)
+    plain = renderer.render(sphere, VIEWS_10[:, 0], VIEWS_10[:, 1], 1.0, light="random", seed=1)
+    assert np.abs(culled.astype(int) - plain).max() <= 1
+    assert np.abs(flipped.astype(int) - plain).max() <= 2
+
+
+def test_two_renderers_in_one_process(renderer):
+    """Each renderer makes its own context current: interleaved renderers do not draw into each other."""
+    sphere = trimesh.creation.icosphere(subdivisions=2, radius=0.7)
+    first = renderer.render(sphere, VIEWS_10[:3, 0], VIEWS_10[:3, 1], 1.0)
+    with MeshRenderer(image_size=32) as other:
+        small = other.render(sphere, [0.0], [0.0], 1.0)
+        again = renderer.render(sphere, VIEWS_10[:3, 0], VIEWS_10[:3, 1], 1.0)
+    assert small.shape == (1, 32, 32, 3) and np.array_equal(first, again)
 
 
 @pytest.mark.parametrize(
@@ -190,6 +222,22 @@ def test_depth_and_rgb_agree_on_marker_side(renderer):
                 assert (got > (S - 1) / 2) == (want > (S - 1) / 2), f"view {VIEWS_10[v].tolist()}"
         checked += 1
     assert checked >= 7
+
+
+def test_egl_device_selection(monkeypatch):
+    """EGL lists every GPU; the CUDA ordinal of this process is matched via EGL_CUDA_DEVICE_NV, else CUDA_VISIBLE_DEVICES."""
+    import c2p.render.mesh as mesh_mod
+
+    monkeypatch.setattr(mesh_mod, "_egl_devices_cuda_ordinals", lambda: [None, 1, 0])  # a software device, then 2 GPUs
+    assert mesh_mod.select_egl_device(0) == 2 and mesh_mod.select_egl_device(1) == 1
+    monkeypatch.setattr(mesh_mod, "_egl_devices_cuda_ordinals", lambda: [])  # no EGL_NV_device_cuda
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert mesh_mod.select_egl_device(1) == 3
+    monkeypatch.setattr(mesh_mod, "_egl_devices_cuda_ordinals", lambda: [None, None])
+    with pytest.raises(RenderError, match="no EGL device"):
+        mesh_mod.select_egl_device(1)
+    if not torch.cuda.is_available():
+        assert mesh_mod.select_egl_device(None) is None  # CPU machine: EGL's default device (llvmpipe)
 
 
 def test_contact_sheet(tmp_path, renderer):

@@ -56,6 +56,16 @@ def _hashes(out: Path) -> dict[str, str]:
     return {n: _sha(out / n) for n in names}
 
 
+def _member_diff(a: Path, b: Path) -> list[str]:
+    """Tar members whose bytes differ between two renders (for a readable failure)."""
+    diff = []
+    for pa in sorted(a.glob("shard-*.tar")):
+        ma = {f"{k}.{s}": hashlib.sha256(v).hexdigest() for k, d in _tar_samples(pa).items() for s, v in d.items()}
+        mb = {f"{k}.{s}": hashlib.sha256(v).hexdigest() for k, d in _tar_samples(b / pa.name).items() for s, v in d.items()}
+        diff += [f"{pa.name}:{n}" for n in sorted(set(ma) | set(mb)) if ma.get(n) != mb.get(n)]
+    return diff
+
+
 def _tar_samples(path: Path) -> dict[str, dict[str, bytes]]:
     samples: dict[str, dict[str, bytes]] = {}
     with tarfile.open(path) as tar:
@@ -159,6 +169,31 @@ def test_duplicate_keys_and_object_seeds():
     assert 0 <= object_seed(0, "c", "u1") < 2**31
 
 
+def test_gpu_ordinal_and_fault_spec(monkeypatch):
+    from shards.job import _cuda_ordinal
+    from shards.task import parse_fault
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert _cuda_ordinal([5]) == 1 and _cuda_ordinal([]) is None  # Ray's physical id -> this process's ordinal
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert _cuda_ordinal(["2"]) == 2
+    assert parse_fault("") is None
+    assert parse_fault("shard=3,after=2,marker=/m") == {"shard": 3, "after": 2, "marker": "/m"}
+    with pytest.raises(ValueError, match="C2P_FAULT_INJECT"):
+        parse_fault("after=2")
+
+
+def test_fast_png_is_a_standard_lossless_png():
+    from shards.task import encode_png_rgb
+
+    image = np.random.default_rng(0).integers(0, 256, (31, 17, 3), dtype=np.uint8)
+    data = encode_png_rgb(image)
+    assert data == encode_png_rgb(image)  # deterministic
+    assert np.array_equal(decode_image(data), image)
+    with pytest.raises(ValueError, match="expected uint8"):
+        encode_png_rgb(image[..., 0])
+
+
 def _launch_render():
     """launch/render.py as a module (launch/ is scripts, not a package)."""
     spec = importlib.util.spec_from_file_location("c2p_launch_render", REPO / "launch" / "render.py")
@@ -252,6 +287,12 @@ def test_job_output_reads_back_everywhere(rendered, corpus):
         assert e["stage"] in ("load", "points", "render") and e["reason"] and Path(e["source"]).name == "model_normalized.obj"
     assert len(errors) == summary["errors"] == index.total_errors == 4
     assert sum(summary["errors_by_reason"].values()) == 4
+    # The object whose texture image is missing is a sample, drawn in its material colour, and
+    # that fallback is reported with its path.
+    warnings = [json.loads(line) for line in (out / "warnings.jsonl").read_text().splitlines()]
+    untextured = next(w for w in warnings if "texture" in w["reason"])
+    assert f"synthetic-{untextured['uid']}" in keys and untextured["source"].endswith("model_normalized.obj")
+    assert summary["warnings"] == len(warnings) >= 1
     assert list((out / "previews").glob("*.png"))
 
 
@@ -296,7 +337,7 @@ def test_killed_driver_resumes_missing_shards_byte_identical(rendered, corpus, r
     assert summary["shards_skipped"] + summary["shards_rendered"] == ref_summary["shards"]
     assert summary["shards_rendered"] >= 1
     assert not list(out.rglob("*.tmp"))
-    assert _hashes(out) == _hashes(ref_out)
+    assert _hashes(out) == _hashes(ref_out), _member_diff(out, ref_out)
 
 
 @pytest.mark.slow
@@ -322,20 +363,26 @@ def test_settings_change_is_refused_unless_overwrite(corpus, ray_cluster, tmp_pa
 
 @pytest.mark.slow
 def test_imgfeat_actors_store_image_tower_features(corpus, ray_cluster, tmp_path):
-    from shards.features import ImageFeatureEncoder
+    import ray
+
+    from shards.features import create_feature_actors
     from shards.job import run_render_job
 
     out = tmp_path / "shards"
     # The first 3 objects by uid: airplane, chair (no texture), chair/zzgarbage (broken).
     summary = run_render_job(_cfg(corpus, out, "corpus.limit=3", "job.previews=0", "imgfeat.model=c2p-tiny"))
     assert summary["samples"] == 2
-    encoder = ImageFeatureEncoder("c2p-tiny", "", device="cpu", seed=0, num_threads=1)
+    # The reference encoder runs in its own process too: this one holds an EGL context (Mesa's
+    # LLVM), which open_clip's import of triton (a second LLVM) would crash.
+    (encoder,) = create_feature_actors("c2p-tiny", "", count=1, num_gpus=0, batch_size=64, seed=0)
     count = 0
     for p in sorted(out.glob("shard-*.tar")):
         for sample in _tar_samples(p).values():
             feats = decode_npy(sample["imgfeat.c2p-tiny.npy"])
             assert feats.dtype == np.float16 and feats.shape == (6, 64)
             rgb = np.stack([decode_image(sample[f"rgb.{v}.png"]) for v in range(6)])
-            np.testing.assert_allclose(feats.astype(np.float32), encoder.encode(rgb).astype(np.float32), atol=2e-2, rtol=1e-2)
+            expected = ray.get(encoder.encode.remote(rgb)).astype(np.float32)
+            np.testing.assert_allclose(feats.astype(np.float32), expected, atol=2e-2, rtol=1e-2)
             count += 1
     assert count == 2
+    ray.kill(encoder)

@@ -1,4 +1,4 @@
-"""The demo's small-CLIP bridge: object shards → image–text pair shards → open_clip training
+"""The demo's small-CLIP bridge: object shards → image–text pair shards → open_clip_train
 (launch/train_clip.py) → weights that create_clip loads."""
 
 from __future__ import annotations
@@ -91,70 +91,70 @@ def test_export_pairs_skips_corrupt_shards_and_uses_label_captions(tmp_path):
         export_pairs([tmp_path / "nowhere"], tmp_path / "p2")
 
 
-def test_lr_schedule_warmup_then_cosine():
-    tc = _train_clip_module()
-    assert tc.lr_at(0, 100, 1.0, 10) == pytest.approx(0.1)
-    assert tc.lr_at(9, 100, 1.0, 10) == pytest.approx(1.0)
-    assert tc.lr_at(10, 100, 1.0, 10) == pytest.approx(1.0)
-    assert tc.lr_at(55, 100, 1.0, 10) == pytest.approx(0.5)
-    assert tc.lr_at(100, 100, 1.0, 10) == pytest.approx(0.0, abs=1e-12)
-
-
-def test_train_clip_cli_writes_weights_create_clip_loads(tmp_path):
+def test_open_clip_train_trains_on_pair_shards_and_resumes(tmp_path):
+    """The default engine: open_clip_train itself, on 3 pair shards (brace pattern), c2p-tiny, 6 steps."""
     src = write_object_shards(tmp_path / "objects")
+    pairs = export_pairs([src], tmp_path / "pairs", samples_per_shard=10)
     out = tmp_path / "clip"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, str(REPO / "launch" / "train_clip.py"), "--shards", str(src), "--out", str(out),
-           "--model", "c2p-tiny", "--epochs", "2", "--batch-size", "8", "--warmup", "1", "--lr", "5e-3",
-           "--log-every", "1"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert summary["steps"] == 6 and summary["pairs"] == 24
-    assert "fresh start" in proc.stdout and "epoch 2/2 step 6/6" in proc.stdout
-    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in lines] == [1, 2, 3, 4, 5, 6]
-    assert all(np.isfinite(m["loss"]) for m in lines)
-    # both outputs load through create_clip: final safetensors and open_clip_train-style epoch checkpoint
+    common = ["--shards", pairs.out, "--out", str(out), "--model", "c2p-tiny", "--batch-size", "8", "--warmup", "1",
+              "--lr", "5e-3", "--log-every", "1"]
+    # SLURM_NTASKS=2 as inside a multi-task allocation: still one process, not a DDP job waiting for a peer
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "SLURM_NTASKS": "2"}
+    proc = subprocess.run([sys.executable, str(REPO / "launch" / "train_clip.py"), *common, "--epochs", "2"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1].split() == ["weights", str(out / "clip.safetensors")]  # the summary ends with the paths
+    assert "Train Epoch: 1 [24/24 (100%)]" in proc.stdout  # open_clip_train's own progress line, on stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["engine"] == "open_clip_train" and summary["steps"] == 6 and summary["epochs_run"] == 2
+    argv = summary["argv"]
+    assert argv[argv.index("--train-data") + 1] == pairs.train_data and pairs.train_data.endswith("{000000..000002}.tar")
+    assert argv[argv.index("--dataset-type") + 1] == "webdataset" and argv[argv.index("--train-num-samples") + 1] == "24"
+    assert np.isfinite(summary["last"]["loss"]) and summary["samples_per_s"] > 0
+    run = out / "open_clip_train"
+    assert (run / "out.log").is_file() and (run / "params.txt").is_file()
+    # open_clip_train's own checkpoint loads through create_clip and is what clip.safetensors holds
+    ckpt = run / "checkpoints" / "epoch_2.pt"
+    assert torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"] == 2
     final = create_clip("c2p-tiny", pretrained=summary["weights"])
-    ckpt = create_clip("c2p-tiny", pretrained=str(out / "checkpoints" / "epoch_2.pt"))
+    from_ckpt = create_clip("c2p-tiny", pretrained=str(ckpt))
     torch.manual_seed(0)
     fresh = create_clip("c2p-tiny")
     x = torch.randn(2, 3, 32, 32)
-    torch.testing.assert_close(final.encode_image(x), ckpt.encode_image(x))
+    torch.testing.assert_close(final.encode_image(x), from_ckpt.encode_image(x))
     assert not torch.allclose(final.encode_image(x), fresh.encode_image(x))  # it trained
-    tokens = get_tokenizer("c2p-tiny")(["a red block"])
-    assert final.encode_text(tokens).shape == (1, 64)
+    assert final.encode_text(get_tokenizer("c2p-tiny")(["a red block"])).shape == (1, 64)
+
+    # --resume latest (the default), in this process: continues from epoch_latest.pt with epoch 3 only
+    tc = _train_clip_module()
+    torch.set_num_threads(1)
+    resumed = tc.main(common + ["--epochs", "3"])
+    assert resumed["start_epoch"] == 2 and resumed["epochs_run"] == 1 and resumed["checkpoint"].endswith("epoch_3.pt")
+    assert "resuming checkpoint" in (run / "out.log").read_text()
+    after = create_clip("c2p-tiny", pretrained=resumed["weights"])
+    assert not torch.allclose(after.encode_image(x), final.encode_image(x))
+    with pytest.raises(SystemExit, match="already holds a run"):
+        tc.main(common + ["--epochs", "3", "--resume", "none"])
 
 
-def test_train_clip_resume_continues_exactly(tmp_path):
+def test_builtin_engine_repeats_bitwise_and_resumes_exactly(tmp_path):
     tc = _train_clip_module()
     torch.set_num_threads(1)
     src = write_object_shards(tmp_path / "objects")
-    pairs = export_pairs([src], tmp_path / "pairs", samples_per_shard=10)
-    common = ["--shards", str(tmp_path / "pairs"), "--model", "c2p-tiny", "--batch-size", "8", "--warmup", "1",
-              "--lr", "5e-3", "--log-every", "100"]
-    straight = tc.main(common + ["--out", str(tmp_path / "a"), "--epochs", "2"])
-    tc.main(common + ["--out", str(tmp_path / "b"), "--epochs", "2", "--resume", "none"])
-    (tmp_path / "b" / "checkpoints" / "epoch_2.pt").unlink()  # as if stopped after epoch 1
-    resumed = tc.main(common + ["--out", str(tmp_path / "b"), "--epochs", "2", "--resume", "latest"])
+    common = ["--shards", str(src), "--model", "c2p-tiny", "--batch-size", "8", "--warmup", "1", "--lr", "5e-3",
+              "--log-every", "100", "--engine", "builtin", "--epochs", "2"]
+    straight = tc.main(common + ["--out", str(tmp_path / "a")])  # object shards: exported to <out>/pairs first
+    assert straight["pairs_dir"] == str(tmp_path / "a" / "pairs") and straight["steps"] == 6
+    tc.main(common + ["--out", str(tmp_path / "b")])
+    (tmp_path / "b" / "builtin" / "checkpoints" / "epoch_2.pt").unlink()  # as if stopped after epoch 1
+    resumed = tc.main(common + ["--out", str(tmp_path / "b")])
     assert resumed["start_epoch"] == 1 and straight["start_epoch"] == 0
-    assert resumed["pairs_dir"] == pairs.out
+    steps = [json.loads(x)["step"] for x in (tmp_path / "b" / "builtin" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6, 4, 5, 6]
     a = create_clip("c2p-tiny", pretrained=straight["weights"]).state_dict()
     b = create_clip("c2p-tiny", pretrained=resumed["weights"]).state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
-
-
-def test_open_clip_train_command_line(tmp_path):
-    tc = _train_clip_module()
-    src = write_object_shards(tmp_path / "objects")
-    pairs = export_pairs([src], tmp_path / "pairs", samples_per_shard=10)
-    a = tc.parse_args(["--shards", pairs.out, "--out", str(tmp_path / "o"), "--model", "c2p-tiny", "--epochs", "3"])
-    argv = tc.open_clip_train_argv(a, pairs, tmp_path / "logs")
-    assert argv[argv.index("--train-data") + 1] == pairs.train_data
-    assert argv[argv.index("--train-num-samples") + 1] == "24"
-    assert argv[argv.index("--batch-size") + 1] == "24"
-    assert argv[argv.index("--dataset-type") + 1] == "webdataset"
     with pytest.raises(SystemExit):
-        tc.parse_args(["--shards", pairs.out, "--out", "o", "--pretrained", str(tmp_path / "missing.pt")])
+        tc.parse_args(["--shards", str(src), "--out", "o", "--pretrained", str(tmp_path / "missing.pt")])

@@ -118,7 +118,9 @@ def _object_points(record, n: int) -> np.ndarray:
     mesh = record.mesh
     if mesh is None:
         raise EvalError(f"object {record.ref.uid}: neither points nor a mesh")
-    if hasattr(mesh, "geometry"):  # trimesh.Scene → one mesh in world coordinates
+    import trimesh
+
+    if isinstance(mesh, trimesh.Scene):  # → one mesh in world coordinates (GLB scenes: Objaverse)
         mesh = mesh.to_mesh() if hasattr(mesh, "to_mesh") else mesh.dump(concatenate=True)
     verts = torch.as_tensor(np.asarray(mesh.vertices, dtype=np.float32))
     faces = torch.as_tensor(np.asarray(mesh.faces, dtype=np.int64))
@@ -339,6 +341,13 @@ def load_depth_tower(path: str | Path, like: nn.Module, model_name: str = "") ->
         state = read_state_dict(path, model_name=model_name)
     except (OSError, ValueError) as e:
         raise EvalError(f"encoder.depth_tower: {path} is not a readable weights file ({e})") from e
+    exported_for = _exported_model(path)
+    if model_name and exported_for and exported_for != model_name:
+        # same-shaped towers can still differ (ViT-B-32 vs ViT-B-32-quickgelu): trust the export's record
+        raise EvalError(
+            f"encoder.depth_tower: {path} was exported for model {exported_for!r} (a checkpoint of another model); "
+            f"encoder.model is {model_name!r}: expected the same model name"
+        )
     tower = copy.deepcopy(like)
     own = tower.state_dict()
     fixed = {}
@@ -366,6 +375,21 @@ def load_depth_tower(path: str | Path, like: nn.Module, model_name: str = "") ->
     for p in tower.parameters():
         p.requires_grad_(False)
     return tower.eval()
+
+
+def _exported_model(path: Path) -> str:
+    """The model name a depth tower export records in its safetensors metadata ("" if none)."""
+    if path.suffix != ".safetensors":
+        return ""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception:  # unreadable files are reported by read_state_dict
+        return ""
+    name = meta.get("model", "")
+    return "" if name in ("", "None") else name
 
 
 def build_towers(cfg: EncoderConfig, seed: int = 0, device: str | torch.device = "cpu") -> Towers:

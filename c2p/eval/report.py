@@ -183,6 +183,7 @@ def write_sweep_report(out_dir: str | Path, runs: list[dict], title: str = "few-
     for r in rows:
         if not r["shots"]:
             ax.axhline(100 * r["top1_mean"], ls="--", color="gray", label="supervised top-1")
+    ax.ticklabel_format(axis="y", useOffset=False, style="plain")
     ax.set_xlabel("shots per class (K)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)

@@ -74,25 +74,30 @@ def _rasterize(view: torch.Tensor, image_size: int, radius: float) -> torch.Tens
     # Non-finite or far-away points are clamped here (their distance test fails below anyway).
     u = torch.nan_to_num((1.0 - x) * (s / 2.0) - 0.5, nan=-4.0 * s).clamp(-4.0 * s, 5.0 * s)
     v = torch.nan_to_num((1.0 - y) * (s / 2.0) - 0.5, nan=-4.0 * s).clamp(-4.0 * s, 5.0 * s)
+    # Window offsets trail the layout ([K,N,win], then [K,N,win,win]): one point's pixels are
+    # neighbours in the scatter below, which keeps its z-buffer writes cache-local.
     offs = torch.arange(win, device=view.device)
     cols = (torch.floor(u - r_px).long() + 1).unsqueeze(-1) + offs  # [K,N,win]
     rows = (torch.floor(v - r_px).long() + 1).unsqueeze(-1) + offs  # [K,N,win]
     # Pixel centres exactly as PyTorch3D computes them (float32 -1 + (2 i + 1) / S on the flipped index).
     xf = -1.0 + (2.0 * (s - 1 - cols).to(torch.float32) + 1.0) / s
     yf = -1.0 + (2.0 * (s - 1 - rows).to(torch.float32) + 1.0) / s
+    inf = float("inf")
+    # Squared offsets per window row / column; a column outside the image, a row outside it, or a
+    # point behind the camera (z < 0, skipped by PyTorch3D) gets +inf, so the one distance test
+    # below also rejects those pairs (PyTorch3D: dist2 = dx*dx + dy*dy, float32, same values).
     dx = xf - x.unsqueeze(-1)
     dy = yf - y.unsqueeze(-1)
-    dist2 = (dx * dx).unsqueeze(-2) + (dy * dy).unsqueeze(-1)  # [K,N,win(rows),win(cols)]
-    r2 = torch.tensor(radius, dtype=torch.float32, device=view.device) ** 2
-    inside_c = (cols >= 0) & (cols < s)
-    inside_r = (rows >= 0) & (rows < s)
-    hit = (dist2 < r2) & inside_r.unsqueeze(-1) & inside_c.unsqueeze(-2) & (z >= 0)[..., None, None]
-    zval = torch.where(hit, z[..., None, None].expand_as(dist2), torch.full_like(dist2, float("inf")))
-    base = (torch.arange(k, device=view.device) * (s * s)).view(k, 1, 1, 1)
-    flat = base + rows.clamp(0, s - 1).unsqueeze(-1) * s + cols.clamp(0, s - 1).unsqueeze(-2)
-    zbuf = torch.full((k * s * s,), float("inf"), dtype=torch.float32, device=view.device)
+    dx2 = (dx * dx).masked_fill((cols < 0) | (cols >= s), inf)
+    dy2 = (dy * dy).masked_fill((rows < 0) | (rows >= s) | ~(z >= 0).unsqueeze(-1), inf)  # ~(z >= 0): NaN too
+    dist2 = dy2.unsqueeze(-1) + dx2.unsqueeze(-2)  # [K,N,win(rows),win(cols)]
+    r2 = float(torch.tensor(radius, dtype=torch.float32) ** 2)  # radius * radius in float32, as PyTorch3D
+    zval = torch.where(dist2 < r2, z[..., None, None], inf)
+    row_base = (torch.arange(k, device=view.device) * (s * s)).view(k, 1, 1) + rows.clamp(0, s - 1) * s
+    flat = row_base.unsqueeze(-1) + cols.clamp(0, s - 1).unsqueeze(-2)
+    zbuf = torch.full((k * s * s,), inf, dtype=torch.float32, device=view.device)
     zbuf.scatter_reduce_(0, flat.reshape(-1), zval.reshape(-1), reduce="amin", include_self=True)
-    zbuf = torch.where(torch.isinf(zbuf), torch.full_like(zbuf, -1.0), zbuf)
+    zbuf.nan_to_num_(posinf=-1.0)  # uncovered pixels: -1 (one in-place pass)
     return zbuf.view(k, s, s)
 
 
@@ -100,7 +105,8 @@ def render_depth(points: torch.Tensor, elev: Angles, azim: Angles, dist: Angles 
     """Orthographic multi-view depth maps (z-buffers) of point clouds, as CLIP2Point rendered them.
 
     points: ``[B,N,3]`` float, world y-up, unit sphere. elev, azim: degrees, scalar, ``[V]`` (same
-    views for every object) or ``[B,V]``. dist: camera distance, scalar, ``[V]`` or ``[B,V]``; the
+    views for every object; a 1-D tensor always means views, so one view per object is ``[B,1]``) or
+    ``[B,V]``. dist: camera distance, scalar, ``[V]`` or ``[B,V]``; the
     camera sits at ``dist`` and the points are scaled by ``1/dist`` (as in the original, so a larger
     distance shrinks the object and moves it away). image_size: S, square. radius: point radius in NDC.
 
@@ -147,15 +153,22 @@ def normalize_depth(zbuf: torch.Tensor) -> torch.Tensor:
     # Dividing by zmax (not by zmax - zmin) is what the released code does: near objects keep a
     # range of roughly [0, (zmax - zmin)/zmax * 200/255], so the depth contrast depends on where the
     # object sits, and models trained on these images expect exactly that; do not "fix" it.
-    zmax = flat.amax(dim=-1)[..., None, None]
+    zmax = flat.amax(dim=-1)
+    zmax = torch.where(zmax > 0, zmax, torch.ones_like(zmax))  # no covered pixel: any scale, all background
     # The original also takes the min after writing 1.0 into the background, so zmin = min(covered, 1.0);
     # it differs from the covered minimum only when every covered point lies beyond z = 1.
-    zmin = torch.where(covered, z, torch.ones_like(z)).reshape(b, v, h * w).amin(dim=-1)[..., None, None]
-    img = (z - zmin) / zmax * (200.0 / 255.0)
-    img = torch.where(covered, img, torch.ones_like(img))
+    zmin = torch.where(covered, z, 1.0).reshape(b, v, h * w).amin(dim=-1)
+    # image = z * scale + offset on covered pixels, 1.0 on the background. The background is written
+    # as the z that maps to 1.0, so one fused multiply-add per channel also applies CLIP's mean/std.
+    scale = (200.0 / 255.0) / zmax
+    offset = -zmin * scale
+    z_background = (1.0 - offset) / scale
+    zz = torch.where(covered, z, z_background[..., None, None]).unsqueeze(2)  # [B,V,1,H,W]
     mean = torch.tensor(CLIP_MEAN, dtype=torch.float32, device=z.device).view(1, 1, 3, 1, 1)
     std = torch.tensor(CLIP_STD, dtype=torch.float32, device=z.device).view(1, 1, 3, 1, 1)
-    return (img.unsqueeze(2) - mean) / std
+    a_ch = scale[..., None, None, None] / std  # [B,V,3,1,1]
+    b_ch = (offset[..., None, None, None] - mean) / std
+    return torch.addcmul(b_ch, zz, a_ch)
 
 
 def render_depth_pair(

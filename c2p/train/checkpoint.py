@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
@@ -379,7 +379,7 @@ def consolidated_state_dict(tag_dir: str | Path) -> dict[str, torch.Tensor]:
         files = sorted(tag_dir.glob("mp_rank_*_model_states.pt"))
         if not files:
             raise FileNotFoundError(f"{tag_dir}: no mp_rank_*_model_states.pt; expected a DeepSpeed tag folder")
-        sd = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+        sd = torch.load(files[0], map_location="cpu", weights_only=True)["module"]  # tensors, dicts, strings only
     return {k: v.float().contiguous() for k, v in sd.items()}
 
 

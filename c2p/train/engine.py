@@ -123,10 +123,31 @@ def build_optimizer(model: torch.nn.Module, cfg: PretrainConfig) -> torch.optim.
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
     if o.name == "lamb":
-        from timm.optim import Lamb
-
-        return Lamb(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay, max_grad_norm=None)
+        return _lamb_class()(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
+                             max_grad_norm=None)
     return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+
+
+def _lamb_class():
+    from timm.optim import Lamb
+
+    class LambWithStateStep(Lamb):
+        """timm's LAMB that also records the step count in each parameter's state.
+
+        timm keeps the count in the param group only; DeepSpeed's ZeRO-3 universal-checkpoint
+        loader (another world size) reads ``state[p]["step"]``. The update itself is unchanged.
+        """
+
+        @torch.no_grad()
+        def step(self, closure=None):
+            loss = super().step(closure)
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p in self.state and "step" in group:
+                        self.state[p]["step"] = group["step"].clone()
+            return loss
+
+    return LambWithStateStep
 
 
 def build_engine(model: torch.nn.Module, cfg: PretrainConfig, *, world_size: int | None = None,

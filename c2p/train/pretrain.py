@@ -12,7 +12,11 @@ Environment: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT (world 1 whe
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -73,28 +77,78 @@ def _setup_logging(run_dir: Path, rank: int) -> None:
         log.addHandler(h)
 
 
-def _step_seed(seed: int, rank: int, step: int) -> int:
-    # Augmentation randomness is a pure function of (seed, rank, step): resume replays it exactly.
-    return (seed * 1_000_003 + rank * 7_919 + step * 104_729) % (2**63 - 1)
+def _seed_step(seed: int, rank: int, step: int, device: torch.device) -> torch.Generator:
+    """Augmentation randomness as a pure function of (seed, rank, step): a resume replays it exactly.
+
+    Seeds the global RNG too (dropout-like layers) and returns the generator for the depth jitter.
+    """
+    value = (seed * 1_000_003 + rank * 7_919 + step * 104_729) % (2**63 - 1)
+    torch.manual_seed(value)
+    return torch.Generator(device=device).manual_seed(value)
 
 
-def _reduce_mean(values: list[float], device: torch.device) -> list[float]:
-    """Average over ranks. A collective: every rank calls it on the same steps."""
+def _micro_step(engine, image_tower, batch: dict, cfg: PretrainConfig, gen: torch.Generator,
+                device: torch.device, dtype: torch.dtype) -> dict:
+    """Render two augmented depth views per object on ``device``, get the image features, and
+    run forward/backward/step of one micro-batch (DeepSpeed steps the optimizer at the
+    accumulation boundary). Returns the module's loss dict."""
+    from c2p.render import render_depth_pair
+
+    points, view = batch["points"].to(device, non_blocking=True), batch["view"].to(device)
+    depth = render_depth_pair(points, view[:, 0], view[:, 1], view[:, 2], jitter=cfg.depth.dist_jitter,
+                              image_size=cfg.depth.image_size, radius=cfg.depth.radius, generator=gen)
+    if "imgfeat" in batch:  # precomputed at shard time: the frozen image tower is skipped
+        feat = batch["imgfeat"].to(device, dtype)
+    else:
+        with torch.no_grad():
+            feat = image_tower(batch["image"].to(device, dtype))
+    out = engine(depth.to(dtype), feat)
+    engine.backward(out["loss"])
+    engine.step()
+    return out
+
+
+class _StepClock:
+    """Throughput and the fraction of wall time spent waiting for the data stream, per log interval."""
+
+    def __init__(self, step: int):
+        self.t, self.wait, self.step = time.perf_counter(), 0.0, step
+
+    @contextlib.contextmanager
+    def waiting(self):
+        t0 = time.perf_counter()
+        yield
+        self.wait += time.perf_counter() - t0
+
+    def lap(self, step: int, batch_size: int) -> dict:
+        now = time.perf_counter()
+        out = {"samples_per_s": (step - self.step) * batch_size / (now - self.t), "data_wait_frac": self.wait / (now - self.t)}
+        self.t, self.wait, self.step = now, 0.0, step
+        return out
+
+
+_LOSS_KEYS = ("loss", "loss_cross", "loss_intra", "w", "retrieval_top1")
+_COUNT_KEYS = ("skipped_samples", "corrupt_shards")
+
+
+def _step_metrics(out: dict, stream, device: torch.device, world: int) -> dict:
+    """Loss terms and retrieval averaged over ranks, data counters summed. A collective."""
     import torch.distributed as dist
 
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    stats = stream.stats()
+    t = torch.tensor([float(out[k].detach()) for k in _LOSS_KEYS] + [float(stats.get(k, 0)) for k in _COUNT_KEYS],
+                     dtype=torch.float64, device=device)
+    if dist.is_initialized() and world > 1:
         dist.all_reduce(t)
-        t /= dist.get_world_size()
-    return t.tolist()
+    vals = t.tolist()
+    return {**{k: v / world for k, v in zip(_LOSS_KEYS, vals)}, **{k: int(v) for k, v in zip(_COUNT_KEYS, vals[len(_LOSS_KEYS):])}}
 
 
 def run(cfg: PretrainConfig) -> dict:
     """Train one rank of a pre-training run; returns ``dict(step, run_dir, checkpoint, export, resumed_from, last)``."""
     import torch.distributed as dist
     from c2p.data import PretrainStream, epoch_samples
-    from c2p.render import render_depth_pair
-    from c2p.train.checkpoint import CheckpointManager, export_depth_tower
+    from c2p.train.checkpoint import CheckpointManager
     from c2p.train.engine import build_engine, init_distributed, micro_batch_size, resolve_precision, set_lr
     from c2p.train.metrics import MetricsLogger, truncate_metrics
     from c2p.train.schedule import lr_at, steps_per_epoch
@@ -150,47 +204,24 @@ def run(cfg: PretrainConfig) -> dict:
              cfg.train.zero_stage, micro, cfg.train.grad_accum, signature)
 
     resumed_from = state["step"] if target else None
-    out: dict = {}
-    t_last, wait, last_logged = time.perf_counter(), 0.0, state["step"]
+    schedule = functools.partial(lr_at, name=cfg.schedule.name, base_lr=cfg.optim.lr, eta_min=cfg.schedule.eta_min,
+                                 warmup_steps=cfg.schedule.warmup_steps, total_steps=cfg.train.steps,
+                                 restart_steps=restart_steps)
+    clock, out = _StepClock(state["step"]), {}
     while state["step"] < cfg.train.steps:
-        step = state["step"]
-        lr = lr_at(step, name=cfg.schedule.name, base_lr=cfg.optim.lr, eta_min=cfg.schedule.eta_min,
-                   warmup_steps=cfg.schedule.warmup_steps, total_steps=cfg.train.steps, restart_steps=restart_steps)
+        lr = schedule(state["step"])
         set_lr(engine, lr)
-        torch.manual_seed(_step_seed(cfg.run.seed, rank, step))
-        gen = torch.Generator(device=device).manual_seed(_step_seed(cfg.run.seed, rank, step))
+        gen = _seed_step(cfg.run.seed, rank, state["step"], device)
         for _ in range(cfg.train.grad_accum):
-            t0 = time.perf_counter()
-            batch = next(batches)
-            wait += time.perf_counter() - t0
-            points = batch["points"].to(device, non_blocking=True)
-            view = batch["view"].to(device)
-            depth = render_depth_pair(points, view[:, 0], view[:, 1], view[:, 2], jitter=cfg.depth.dist_jitter,
-                                      image_size=cfg.depth.image_size, radius=cfg.depth.radius, generator=gen)
-            if "imgfeat" in batch:  # precomputed at shard time: the image tower is skipped
-                feat = batch["imgfeat"].to(device, dtype)
-            else:
-                with torch.no_grad():
-                    feat = image_tower(batch["image"].to(device, dtype))
-            out = engine(depth.to(dtype), feat)
-            engine.backward(out["loss"])
-            engine.step()
+            with clock.waiting():
+                batch = next(batches)
+            out = _micro_step(engine, image_tower, batch, cfg, gen, device, dtype)
         state["step"] += 1
         state["samples"] += cfg.train.batch_size
         last = state["step"] == cfg.train.steps
-        if state["step"] % cfg.train.log_every == 0 or last:
-            names = ["loss", "loss_cross", "loss_intra", "w", "retrieval_top1"]
-            stats = stream.stats() if hasattr(stream, "stats") else {}
-            vals = _reduce_mean([float(out[k].detach()) for k in names] + [float(stats.get("skipped_samples", 0)),
-                                                                 float(stats.get("corrupt_shards", 0))], device)
-            now = time.perf_counter()
-            n = state["step"] - last_logged
-            metrics.log(state["step"], {**dict(zip(names, vals[:5])), "lr": lr,
-                                        "samples_per_s": n * cfg.train.batch_size / (now - t_last),
-                                        "data_wait_frac": wait / (now - t_last),
-                                        "skipped_samples": int(round(vals[5] * world)),
-                                        "corrupt_shards": int(round(vals[6] * world)), "samples": state["samples"]})
-            t_last, wait, last_logged = now, 0.0, state["step"]
+        if state["step"] % cfg.train.log_every == 0 or last:  # a collective: same steps on every rank
+            metrics.log(state["step"], _step_metrics(out, stream, device, world) | clock.lap(state["step"], cfg.train.batch_size)
+                        | {"lr": lr, "samples": state["samples"]})
         ckpt.save(engine, state["step"], state, last=last, rank_state=lambda: {"data": stream.state_dict()})
 
     final = ckpt.root / f"step_{state['step']:08d}"
@@ -255,8 +286,8 @@ def main(argv: list[str] | None = None) -> dict:
     except ConfigError as e:
         parser.exit(2, f"error: {e}\n")
     summary = run(cfg)
-    if summary["run_dir"] and int(__import__("os").environ.get("RANK", "0")) == 0:
-        print(__import__("json").dumps(summary))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary))
     return summary
 
 

@@ -1,0 +1,67 @@
+"""Shared fixtures. ``slurm_cluster``: a real single-node SLURM on this machine (``.ci/slurm.sh``),
+started once per session for the tests that ask for it and stopped afterwards.
+
+The fixture does not export SLURM_CONF into this process's environment (that would switch
+the default ``--cluster`` of every launcher run later in the session to slurm); tests pass
+it explicitly (``monkeypatch.setenv`` or a subprocess ``env``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SLURM_SH = REPO / ".ci" / "slurm.sh"
+
+
+def _slurm(cmd: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SLURM_SH), cmd], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> str:
+    """Path of the running cluster's slurm.conf (for SLURM_CONF)."""
+    was_running = _slurm("status").returncode == 0
+    r = _slurm("start")
+    assert r.returncode == 0, f".ci/slurm.sh start failed:\n{r.stdout}\n{r.stderr}"
+    conf = r.stdout.strip().splitlines()[-1].split("=", 1)[1]
+    assert Path(conf).is_file(), conf
+    yield conf
+    if not was_running:  # leave a cluster someone else started (CI, a developer) as we found it
+        _slurm("stop")
+
+
+@pytest.fixture
+def slurm_env(slurm_cluster, monkeypatch) -> dict[str, str]:
+    """This process pointed at the test cluster (restored after the test); returns a subprocess env."""
+    monkeypatch.setenv("SLURM_CONF", slurm_cluster)
+    return dict(os.environ, SLURM_CONF=slurm_cluster, OMP_NUM_THREADS="1")
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory) -> Path:
+    """Two tiny shards of 16 random point clouds with one view and a random 64-d image feature
+    (tag ``tiny``, c2p-tiny's embedding size): enough for the tiny pre-training config."""
+    import numpy as np
+
+    from c2p.schema import SHARD_PATTERN, SampleMeta, ShardIndex, ShardWriter, encode_sample, make_key
+
+    out = tmp_path_factory.mktemp("launch-shards") / "blobs"
+    out.mkdir()
+    rng, n, counts = np.random.default_rng(0), 16, {}
+    for s in range(2):
+        ids = list(range(s, n, 2))
+        with ShardWriter(out / SHARD_PATTERN.format(s)) as w:
+            for i in ids:
+                p = rng.standard_normal((256, 3))
+                p /= np.linalg.norm(p, axis=1).max()
+                meta = SampleMeta(uid=f"o{i:04d}", corpus="blobs", label=f"c{i % 4}", label_index=i % 4, source="test",
+                                  views=[[0.0, 0.0, 1.0]], points=256)
+                w.write(encode_sample(make_key("blobs", f"o{i:04d}"), p, meta, imgfeat={"tiny": rng.standard_normal((1, 64)).astype(np.float32)}))
+        counts[SHARD_PATTERN.format(s)] = len(ids)
+    ShardIndex(corpus="blobs", settings={}, labels=[f"c{j}" for j in range(4)], shards=counts, total_objects=n).save(out)
+    return out

@@ -1,0 +1,178 @@
+"""launch/: the shared launcher without a SLURM cluster: options, dry run, refusals before anything
+is written, and ``--cluster local`` (submitit's LocalExecutor: real local processes whose ranks
+come from c2p.distributed) — a gloo rendezvous, a job array, and the tiny pre-training run.
+The same paths on a real SLURM are in test_slurm.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # launch/ is a directory of scripts, not an installed package
+
+from launch import pretrain as pretrain_cli  # noqa: E402
+from launch.common import ClusterOptions, ClusterTask, JobFailedError, LaunchError, collect, launch_array, parse_time, submit  # noqa: E402
+
+TINY = REPO / "configs" / "pretrain" / "tiny.yaml"
+
+HELPERS = '''
+import os
+
+def allreduce(cfg):
+    """A real gloo rendezvous over the variables c2p.distributed exported."""
+    import torch
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method="env://")
+    t = torch.tensor([float(int(os.environ["RANK"]) + 1)])
+    dist.all_reduce(t)
+    dist.destroy_process_group()
+    keys = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    return dict({k: os.environ[k] for k in keys}, sum=float(t), tag=cfg["tag"])
+
+def square(cfg):
+    return {"x": cfg["x"], "y": cfg["x"] ** 2}
+
+def fail_on_odd(cfg):
+    if cfg["x"] % 2:
+        raise ValueError(f"element x={cfg['x']} refuses odd numbers")
+    return cfg["x"]
+'''
+
+
+@pytest.fixture
+def helpers(tmp_path, monkeypatch) -> str:
+    """A module of job bodies importable by the job processes (through PYTHONPATH)."""
+    mod = tmp_path / "pylib"
+    mod.mkdir()
+    (mod / "launch_helpers.py").write_text(HELPERS)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(mod), str(REPO), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    return "launch_helpers"
+
+
+def tiny_overrides(shards: Path, run_dir: Path, name: str, *extra: str) -> list[str]:
+    return [f"data.shards=[{shards}]", "data.imgfeat_tag=tiny", f"run.dir={run_dir}", f"run.name={name}", *extra]
+
+
+# ----------------------------------------------------------------------------- options
+
+
+@pytest.mark.parametrize("text, minutes", [(90, 90), ("90", 90), ("02:00:00", 120), ("1:30", 2), ("1-00:00:00", 1440), ("0-2", 120), ("00:10:01", 11)])
+def test_parse_time(text, minutes):
+    assert parse_time(text) == minutes
+
+
+@pytest.mark.parametrize("text", ["soon", "0", "1:2:3:4"])
+def test_parse_time_refuses(text):
+    with pytest.raises(LaunchError, match="--time"):
+        parse_time(text)
+
+
+def test_local_requests_are_checked():
+    with pytest.raises(LaunchError, match="--nodes 2 with --cluster local"):
+        ClusterOptions(cluster="local", nodes=2).validate()
+    with pytest.raises(LaunchError, match="one process per GPU"):
+        ClusterOptions(cluster="slurm", tasks_per_node=4, gpus_per_node=2).validate()
+
+
+# ----------------------------------------------------------------------------- dry run and refusals
+
+
+def test_dry_run_prints_the_sbatch_script_and_resolved_config(tmp_path, tiny_shards, capsys):
+    rc = pretrain_cli.main([
+        "--config", str(TINY), "--cluster", "slurm", "--nodes", "2", "--gpus-per-node", "8", "--cpus-per-task", "10",
+        "--partition", "gpu", "--account", "vision", "--qos", "high", "--time", "2:00:00", "--constraint", "h100",
+        "--mem", "500G", "--exclusive", "--sbatch", "mail-type=END", "--dry-run",
+        *tiny_overrides(tiny_shards, tmp_path / "runs", "dry", "train.steps=7"),
+    ])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    for flag in ["--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8", "--cpus-per-task=10", "--partition=gpu", "--account=vision",
+                 "--qos=high", "--time=120", "--constraint=h100", "--mem=500G", "--exclusive", "--mail-type=END", "--requeue", "--signal=USR2@120"]:
+        assert re.search(rf"^#SBATCH {re.escape(flag)}$", out, flags=re.M), f"{flag} missing from:\n{out}"
+    run_dir = tmp_path / "runs" / "dry"
+    assert f"--output={run_dir}/logs/%j/%j_0_log.out" in out
+    assert "srun --unbuffered" in out and "submitit.core._submit" in out
+    assert "steps: 7" in out and f"- {tiny_shards}" in out  # the resolved config, paths absolute
+    assert not (tmp_path / "runs").exists(), "a dry run wrote something"
+
+
+@pytest.mark.parametrize(
+    "extra, argv, expected",
+    [
+        (["train.stepz=3"], [], "config key 'train.stepz'.*did you mean 'train.steps'"),
+        (["train.steps=-1"], [], "config key 'train.steps'.*>= 1"),
+        (["data.shards=[/nonexistent/shards]"], [], r"data.shards\[0\].*does not exist"),
+        (["train.batch_size=16"], ["--tasks-per-node", "3"], "train.batch_size.*multiple of .* = 3"),
+        ([], ["--time", "later"], "--time 'later'"),
+        ([], ["--nodes", "2"], "--nodes 2 with --cluster local"),
+    ],
+)
+def test_bad_config_or_request_is_refused_before_anything_is_written(tmp_path, tiny_shards, capsys, extra, argv, expected):
+    rc = pretrain_cli.main(["--config", str(TINY), "--cluster", "local", *argv, *tiny_overrides(tiny_shards, tmp_path / "runs", "bad", *extra)])
+    err = capsys.readouterr().err
+    assert rc == 2 and re.search(expected, err), err
+    assert not (tmp_path / "runs").exists()
+
+
+# ----------------------------------------------------------------------------- --cluster local
+
+
+@pytest.mark.slow
+def test_local_cluster_runs_two_ranks_that_rendezvous(tmp_path, helpers):
+    opts = ClusterOptions(cluster="local", tasks_per_node=2, time=5)
+    job = submit(ClusterTask(f"{helpers}:allreduce", {"tag": "t"}), opts, tmp_path / "run", config_text="tag: t\n")
+    assert (tmp_path / "run" / "config.yaml").read_text() == "tag: t\n"  # written before the job started
+    assert collect([job], timeout_s=180)[0]["sum"] == 3.0
+    ranks = job.results()
+    assert [r["RANK"] for r in ranks] == ["0", "1"] and [r["LOCAL_RANK"] for r in ranks] == ["0", "1"]
+    assert {r["WORLD_SIZE"] for r in ranks} == {"2"} and len({r["MASTER_PORT"] for r in ranks}) == 1
+    assert all(r["sum"] == 3.0 for r in ranks)  # 1 + 2: both ranks took part
+    assert Path(job.paths.stderr).is_file() and str(tmp_path / "run" / "logs") in str(job.paths.stderr)
+
+
+@pytest.mark.slow
+def test_local_job_array_collects_every_element_in_order(tmp_path, helpers):
+    opts = ClusterOptions(cluster="local", time=5)
+    results = launch_array(f"{helpers}:square", [{"x": x} for x in (3, 1, 2)], opts, tmp_path / "sweep")
+    assert [r["y"] for r in results] == [9, 1, 4]
+    with pytest.raises(JobFailedError) as e:
+        launch_array(f"{helpers}:fail_on_odd", [{"x": 0}, {"x": 1}], opts, tmp_path / "sweep2")
+    msg = str(e.value)
+    assert "1 of 2 job(s) failed" in msg and "[1]" in msg and "x=1 refuses odd numbers" in msg and "logs:" in msg
+
+
+@pytest.mark.slow
+def test_pretrain_cluster_local_two_ranks_then_export(tmp_path, tiny_shards):
+    """The tiny pre-training run as 2 local ranks, through the same launcher as SLURM; then
+    launch/export.py on its run directory."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("SLURM_CONF", None)
+    r = subprocess.run(
+        [sys.executable, "launch/pretrain.py", "--config", str(TINY), "--cluster", "local", "--tasks-per-node", "2",
+         *tiny_overrides(tiny_shards, tmp_path / "runs", "loc", "train.steps=4", "checkpoint.every=2")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=400,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    run = tmp_path / "runs" / "loc"
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["step"] == 4 and summary["run_dir"] == str(run) and summary["resumed_from"] is None
+    assert (run / "checkpoints" / "latest").read_text() == "step_00000004"
+    log = re.search(r"logs\s+: (\S+) \(rank 0 stdout\)", r.stdout).group(1)
+    assert Path(log).is_file() and Path(log).parent.parent == run / "logs"
+    assert (run / "config.yaml").is_file()
+
+    out = tmp_path / "tower"
+    r = subprocess.run([sys.executable, "launch/export.py", str(run), "--cluster", "local", "--tag", "step_00000002", "--out", str(out)],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (out / "depth_tower.safetensors").is_file() and r.stdout.strip().endswith("depth_tower.safetensors")

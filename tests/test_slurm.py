@@ -1,0 +1,212 @@
+"""launch/ on a real SLURM: the single-node cluster of .ci/slurm.sh (slurmctld + slurmd + munge on
+this machine), jobs submitted through submitit by the real launchers.
+
+- the tiny pre-training run as 1 node x 2 tasks completes; logs and checkpoints are where the
+  launcher said;
+- preempted (USR2, what SLURM sends and submitit handles) after its first checkpoint, the job
+  is requeued, logs "resumed from step k" (k > 0) and ends at the same final step as the
+  uninterrupted run;
+- an impossible request (unknown partition, more tasks than the node has) is refused at
+  submission with a clear message and leaves no run directory;
+- a fine-tuning sweep goes out as ONE job array, every element's result is collected;
+- launch/render.py --cluster slurm renders a synthetic corpus on a Ray cluster inside a SLURM
+  job and leaves no Ray process behind (also when the job fails).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from launch.common import _processes_with_env, slurm_state  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+
+TINY = REPO / "configs" / "pretrain" / "tiny.yaml"
+STEPS, EVERY = 80, 10
+
+
+def pretrain(env: dict, run_dir: Path, name: str, *argv: str, timeout: float = 400) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "launch/pretrain.py", "--config", str(TINY), "--cluster", "slurm", "--nodes", "1", "--tasks-per-node", "2",
+         "--time", "30", *argv, f"run.dir={run_dir}", f"run.name={name}", f"train.steps={STEPS}", f"checkpoint.every={EVERY}",
+         "checkpoint.keep=2", "train.log_every=10"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def job_id_of(stdout: str) -> str:
+    m = re.search(r"submitted job (\d+)", stdout)
+    assert m, stdout
+    return m.group(1)
+
+
+def wait_gone_or_done(job_id: str, result: Path, timeout: float = 400) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = slurm_state(job_id)
+        if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "GONE") and (result.exists() or state != "COMPLETED"):
+            return
+        time.sleep(1)
+    raise AssertionError(f"job {job_id} still {slurm_state(job_id)} after {timeout}s")
+
+
+def final_metrics(run: Path) -> dict:
+    return json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def shard_args(tiny_shards) -> list[str]:
+    return [f"data.shards=[{tiny_shards}]", "data.imgfeat_tag=tiny"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(slurm_cluster, shard_args, tmp_path_factory):
+    """The tiny run on SLURM, 1 node x 2 tasks, waited for by the launcher (--wait)."""
+    env = dict(os.environ, SLURM_CONF=slurm_cluster, OMP_NUM_THREADS="1")
+    runs = tmp_path_factory.mktemp("slurm-runs")
+    r = pretrain(env, runs, "straight", "--wait", *shard_args)
+    return r, runs / "straight"
+
+
+def test_pretrain_on_slurm_completes_where_the_launcher_said(uninterrupted):
+    r, run = uninterrupted
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = r.stdout
+    job = job_id_of(out)
+    assert f"run dir : {run}" in out and f"scancel {job}" in out and f"squeue -j {job}" in out
+    log = Path(re.search(r"logs\s+: (\S+) \(rank 0 stdout\)", out).group(1))
+    err = Path(re.search(r"follow\s+: tail -F (\S+)", out).group(1))
+    assert log == run / "logs" / job / f"{job}_0_log.out" and log.is_file() and err.is_file()
+    assert (run / "logs" / job / f"{job}_1_log.err").is_file()  # rank 1's own log
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["step"] == STEPS and summary["run_dir"] == str(run)
+    assert (run / "checkpoints" / "latest").read_text() == f"step_{STEPS:08d}"
+    assert (run / "export" / "depth_tower.safetensors").is_file() and (run / "config.yaml").is_file()
+    assert "fresh start" in (run / "logs" / "train_rank0.log").read_text()
+    assert json.loads((run / "checkpoints" / f"step_{STEPS:08d}" / "c2p_commit.json").read_text())["world_size"] == 2
+
+
+def test_preempted_job_is_requeued_and_resumes(uninterrupted, slurm_env, shard_args, tmp_path):
+    env = slurm_env
+    r = pretrain(env, tmp_path, "preempted", *shard_args)  # --cluster slurm: returns after submission
+    assert r.returncode == 0, r.stdout + r.stderr
+    job, run = job_id_of(r.stdout), tmp_path / "preempted"
+    deadline = time.monotonic() + 300
+    while not list((run / "checkpoints").glob("step_*/c2p_commit.json")):  # the first committed checkpoint
+        assert time.monotonic() < deadline and slurm_state(job) in ("PENDING", "RUNNING", "CONFIGURING", "UNKNOWN"), slurm_state(job)
+        time.sleep(0.2)
+    # What SLURM does before preempting a job (and what submitit's own _interrupt() sends).
+    subprocess.run(["scancel", "--signal=USR2", job], env=env, check=True)
+    result = run / "logs" / job / f"{job}_0_result.pkl"
+    wait_gone_or_done(job, result)
+    err = (run / "logs" / job / f"{job}_0_log.err").read_text()
+    assert "this job is preempted" in err and "Requeued job" in err, err[-3000:]
+    resumed = [int(k) for k in re.findall(r"resumed from step (\d+)", (run / "logs" / "train_rank0.log").read_text())]
+    assert len(resumed) == 1 and 0 < resumed[0] < STEPS and resumed[0] % EVERY == 0, resumed
+    assert result.is_file()
+    straight = uninterrupted[1]
+    a, b = final_metrics(run), final_metrics(straight)
+    assert a["step"] == b["step"] == STEPS
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == \
+           [json.loads(line)["step"] for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert (run / "checkpoints" / "latest").read_text() == f"step_{STEPS:08d}"
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--partition", "nosuchpartition"], "--partition 'nosuchpartition': unknown partition; this cluster has: debug"),
+        (["--tasks-per-node", "4"], r"impossible request: 1 node\(s\) x 4 task\(s\)"),
+        (["--cpus-per-task", "2"], r"impossible request: 1 node\(s\) x 2 task\(s\) x 2 CPU\(s\)"),
+        (["--mem", "100000G"], "impossible request.*100000G"),
+    ],
+)
+def test_impossible_request_is_refused_and_leaves_nothing(slurm_env, shard_args, tmp_path, argv, expected):
+    env = slurm_env
+    before = subprocess.run(["squeue", "-h", "-o", "%i"], env=env, capture_output=True, text=True).stdout.split()
+    r = pretrain(env, tmp_path / "runs", "refused", *argv, *shard_args, timeout=120)
+    assert r.returncode == 2 and re.search(expected, r.stderr), r.stderr
+    assert not (tmp_path / "runs").exists()
+    after = subprocess.run(["squeue", "-h", "-o", "%i"], env=env, capture_output=True, text=True).stdout.split()
+    assert set(after) <= set(before) | {j for j in after if not j.isdigit()}  # nothing new was submitted
+
+
+def test_slurm_refuses_what_sinfo_cannot_see(slurm_env, tmp_path):
+    """The last word is SLURM's own (sbatch --test-only): an unknown QOS is named."""
+    from launch.common import ClusterOptions, LaunchError, check_request
+
+    with pytest.raises(LaunchError, match="SLURM refuses the request"):
+        check_request(ClusterOptions(cluster="slurm", sbatch={"gres": "gpu:nosuchgpu:1"}))
+
+
+def test_finetune_sweep_is_one_job_array(uninterrupted, slurm_env, tmp_path, capsys):
+    """DOWNSTREAM's launch/finetune.py on SLURM, with the depth tower this module pre-trained:
+    K=1 x seeds {0, 1} go out as one array; each element's results.json is collected."""
+    from c2p.corpora.synthetic import SYNTHETIC_CLASSES, write_synthetic
+    from launch.finetune import main as finetune_main
+
+    tower = uninterrupted[1] / "export" / "depth_tower.safetensors"
+    root = write_synthetic(tmp_path / "corpus", layout="shapenet", per_class=2, seed=0, test_per_class=1, classes=SYNTHETIC_CLASSES[:4])
+    rc = finetune_main(["--cluster", "slurm", "--task", "fewshot", "--shots", "1", "--seed", "0", "1", "--time", "10",
+                        "--config", str(REPO / "configs" / "downstream" / "fewshot_tiny.yaml"), "--root", str(root),
+                        "--depth-tower", str(tower), f"run.dir={tmp_path / 'runs'}", "finetune.epochs=2", "data.points=256"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    array = re.search(r"submitted job array (\d+) with 2 element\(s\)", out)
+    assert array, out
+    sweep = tmp_path / "runs" / "fewshot-tiny" / "eval" / "fewshot"
+    assert sorted(p.name for p in (sweep / "logs").iterdir()) == [f"{array.group(1)}_0", f"{array.group(1)}_1"]
+    results = sorted(sweep.glob("k1/seed*/results.json"))
+    assert [p.parent.name for p in results] == ["seed0", "seed1"]
+
+
+def _leftovers(job_id: str, env: dict) -> list[int]:
+    """Processes still carrying this job's Ray cluster token, or its SLURM job id, in their
+    environment (every process the job started inherits both, Ray's re-parented daemons too)."""
+    needle = f"SLURM_JOB_ID={job_id}".encode()
+    mine = []
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and needle in (p / "environ").read_bytes().split(b"\0"):
+                mine.append(int(p.name))
+        except OSError:
+            continue
+    return mine + [pid for rank in range(2) for pid in _processes_with_env(f"{job_id}-{rank}")]
+
+
+def test_render_through_ray_inside_slurm_leaves_no_ray_process(slurm_env, tmp_path):
+    from c2p.corpora.synthetic import SYNTHETIC_CLASSES, write_synthetic
+
+    env = slurm_env
+    root = write_synthetic(tmp_path / "corpus", layout="shapenet", per_class=1, seed=0, classes=SYNTHETIC_CLASSES[:3])
+    out = tmp_path / "shards"
+    common = [sys.executable, "launch/render.py", "--cluster", "slurm", "--time", "20", "--cpus-per-task", "2",
+              "--config", str(REPO / "configs" / "render" / "synthetic.yaml"), "--json"]
+    small = ["views.image_size=32", "job.points=256", "job.previews=0", "views.depth_png=false", "job.shard_size=2"]
+    r = subprocess.run([*common, "--root", str(root), "--out", str(out), *small], cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["samples"] == 3 and summary["shards_rendered"] == 2 and not summary["shards_failed"]
+    assert sorted(p.name for p in out.glob("shard-*.tar")) == ["shard-000000.tar", "shard-000001.tar"]
+    job = job_id_of(r.stdout)
+    head = tmp_path / "shards.slurm" / "ray" / job / "head.json"
+    assert oct(head.stat().st_mode & 0o777) == "0o600"  # it holds the cluster's auth token
+    assert "ray start" not in r.stdout and _leftovers(job, env) == []
+
+    # A render that fails inside the job (no corpus there): the job fails, Ray is still stopped.
+    r = subprocess.run([*common, "--root", str(tmp_path / "missing"), "--out", str(tmp_path / "shards2"), *small],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert r.returncode == 1 and "job(s) failed" in r.stderr, r.stdout[-2000:] + r.stderr[-3000:]
+    job = job_id_of(r.stdout)
+    assert _leftovers(job, env) == []
