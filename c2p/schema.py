@@ -80,17 +80,47 @@ def _npy(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+# zlib level of the RGB PNGs: 3 costs ~0.7 ms per 224x224 view and 18% more bytes than PIL's
+# level 6 with adaptive filtering, which costs ~6.6 ms: more than rendering the view.
+PNG_ZLIB_LEVEL = 3
+
+
+def encode_png_rgb(image: np.ndarray, level: int = PNG_ZLIB_LEVEL) -> bytes:
+    """uint8 ``[H,W,3]`` → PNG bytes: 8-bit RGB, filter type 0 (none) on every row, one zlib IDAT.
+
+    A standard PNG that any decoder (PIL, webdataset, Ray Data) reads back exactly; about 10x
+    faster to write than PIL's encoder, whose per-row adaptive filtering dominated the cost of
+    a sample in the render job, and deterministic (same zlib level → same bytes).
+    """
+    import struct
+    import zlib
+
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image: shape {image.shape}; expected uint8 [H,W,3]")
+    h, w, _ = image.shape
+    raw = np.empty((h, 1 + 3 * w), dtype=np.uint8)
+    raw[:, 0] = 0  # filter type "none"
+    raw[:, 1:] = image.reshape(h, 3 * w)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8 bits, truecolour, deflate, no interlace
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw.tobytes(), level)) + chunk(b"IEND", b"")
+
+
 def encode_image(image: np.ndarray, fmt: str = "png") -> bytes:
     """uint8 ``[H,W,3]`` (or uint16 ``[H,W]``) → PNG/WebP bytes (lossless, deterministic)."""
+    if image.dtype == np.uint8 and fmt == "png":
+        return encode_png_rgb(image)
     from PIL import Image
 
     buf = io.BytesIO()
     if image.dtype == np.uint16:
         Image.fromarray(image).save(buf, format="PNG")
-    elif fmt == "webp":
-        Image.fromarray(image).save(buf, format="WEBP", lossless=True, quality=100, method=4)
     else:
-        Image.fromarray(image).save(buf, format="PNG", compress_level=6)
+        Image.fromarray(image).save(buf, format="WEBP", lossless=True, quality=100, method=4)
     return buf.getvalue()
 
 
@@ -121,9 +151,9 @@ def encode_sample(
     if points.ndim != 2 or points.shape[1] != 3 or not np.isfinite(points).all():
         raise ValueError(f"points of {key}: shape {points.shape}; expected finite [P,3]")
     sample: dict[str, Any] = {"__key__": key, "points.npy": _npy(points.astype(np.float16)), "meta.json": meta.to_json()}
-    for v, img in enumerate(rgb or []):
+    for v, img in enumerate([] if rgb is None else rgb):
         sample[f"rgb.{v}.{image_format}"] = encode_image(np.asarray(img, dtype=np.uint8), image_format)
-    for v, z in enumerate(depth or []):
+    for v, z in enumerate([] if depth is None else depth):
         sample[f"depth.{v}.png"] = encode_image(depth_to_uint16(np.asarray(z)))
     for tag, feats in (imgfeat or {}).items():
         if "." in tag:

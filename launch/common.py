@@ -327,6 +327,9 @@ def _slurm_parameters(opts: ClusterOptions, *, array: bool = False) -> dict[str,
         "ntasks_per_node": opts.tasks_per_node,
         "signal_delay_s": opts.signal_delay_s,
         "additional_parameters": extra,
+        # One rank dying (a crash, not a requeue) ends the step: the others would otherwise
+        # wait in a collective, or for a Ray head that is gone, until the time limit.
+        "srun_args": ["--kill-on-bad-exit=1"],
         "setup": [f"export PYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}}"],
     }
     for name in ("partition", "account", "qos", "constraint", "cpus_per_task"):
@@ -359,7 +362,6 @@ def make_executor(opts: ClusterOptions, folder: str | Path, *, array: bool = Fal
 
 def sbatch_script(opts: ClusterOptions, folder: str | Path, *, array_size: int | None = None) -> str:
     """The sbatch script submitit would submit (SLURM), or a description of the local processes."""
-    import submitit
     from submitit.slurm.slurm import _make_sbatch_string  # the exact text submitit writes
 
     folder = Path(folder).absolute()
@@ -369,7 +371,6 @@ def sbatch_script(opts: ClusterOptions, folder: str | Path, *, array_size: int |
             f"# --cluster local: {opts.tasks_per_node} process(es) on this machine via submitit.LocalExecutor\n"
             f"# each runs: {command}\n# time limit: {opts.time} min; logs: {folder}\n"
         )
-    del submitit
     params = _slurm_parameters(opts, array=array_size is not None)
     if array_size is not None:
         params["map_count"] = array_size
@@ -688,6 +689,10 @@ def launch_array(
 # ----------------------------------------------------------------------------- Ray inside SLURM
 
 
+# The job's own interpreter, not whatever `ray` is first on PATH (a shim, another venv).
+_RAY_CLI = [sys.executable, "-m", "ray.scripts.scripts"]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("", 0))
@@ -760,7 +765,7 @@ class RayClusterTask:
         cpus = self.cpus_per_node or int(os.environ.get("SLURM_CPUS_ON_NODE", "0") or 0) or os.cpu_count() or 1
         temp = Path(tempfile.gettempdir()) / f"c2pray-{token}"  # short: Ray's socket paths must fit 107 bytes
         cmd = [
-            shutil.which("ray") or "ray", "start", "--block", f"--num-cpus={cpus}", f"--temp-dir={temp}",
+            *_RAY_CLI, "start", "--block", f"--num-cpus={cpus}", f"--temp-dir={temp}",
             "--include-dashboard=false", "--disable-usage-stats",
             f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
             f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}", *args,
@@ -847,11 +852,10 @@ class RayClusterTask:
     def _wait_nodes(self, address: str, n: int, proc: subprocess.Popen) -> None:
         """Until ``ray status`` lists ``n`` active nodes (the head's raylet included)."""
         deadline = time.monotonic() + self.join_timeout_s
-        ray = shutil.which("ray") or "ray"
         while True:
             if proc.poll() is not None:
                 raise LaunchError(f"ray start --head exited with {proc.returncode} while waiting for workers")
-            r = subprocess.run([ray, "status", f"--address={address}"], capture_output=True, text=True, timeout=120)
+            r = subprocess.run([*_RAY_CLI, "status", f"--address={address}"], capture_output=True, text=True, timeout=120)
             active = r.stdout.split("Active:", 1)[1].split("Pending:", 1)[0] if "Active:" in r.stdout else ""
             if r.returncode == 0 and len(re.findall(r"node_[0-9a-f]+", active)) >= n:
                 return

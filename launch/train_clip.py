@@ -7,26 +7,29 @@
 c2p object shard directories, which are first exported to ``<out>/pairs/`` (one RGB view
 and its caption per sample: the layout open_clip_train's ``--dataset-type webdataset`` reads).
 
-``--engine open_clip_train`` (default): open_clip's reference trainer (shipped in the
-open_clip_torch wheel) runs in this process, after ``register_tiny_configs()`` so that
-``c2p-tiny`` / ``c2p-small`` resolve: single process, fp32, ``--device`` (cpu by default), no
-wandb. Its outputs land in ``<out>/open_clip_train/``: ``out.log``, ``params.txt`` and
+open_clip's reference trainer (shipped in the open_clip_torch wheel) runs in this process,
+after ``register_tiny_configs()`` so that ``c2p-tiny`` / ``c2p-small`` resolve: single process,
+fp32, ``--device`` (cpu by default), no wandb. Inside :func:`open_clip_train_fixes` two stages
+of its webdataset pipeline are swapped for the call (site-packages files are untouched):
+
+1. its tar reader, which fails at the end of the first shard with the webdataset this project
+   runs (1.0.2 yields an end-of-shard marker that open_clip_train's reader takes for a file);
+2. its sample shuffle buffer, which it builds without a seed, so webdataset seeds it from the
+   clock: here it draws from ``random.Random(--seed)``. open_clip_train already seeds the model
+   init, the random crops and the shard order, so two runs with one ``--seed`` (and the same
+   ``--workers``, ``--batch-size`` and threads) give bit-identical weights; the demo promises
+   the same table for the same seed.
+
+Its outputs land in ``<out>/open_clip_train/``: ``out.log``, ``params.txt`` and
 ``checkpoints/epoch_N.pt`` (``epoch``, ``name``, ``state_dict``, ``optimizer``) plus
 ``checkpoints/epoch_latest.pt`` (written to a temporary name and renamed), which ``--resume
-latest`` (the default) continues from at an epoch boundary. Re-running a finished command
-trains nothing and re-exports the weights. Not bitwise repeatable: its sample shuffle buffer
-(``webdataset.shuffle`` without a seed) is seeded from the clock, so two runs with one
-``--seed`` see the pairs in different orders and end with slightly different weights.
+latest`` (the default) continues from at an epoch boundary. A resumed run is not bitwise the
+run it continues (the random-crop and shuffle generators restart from the seed). Re-running a
+finished command trains nothing and re-exports the weights.
 
-``--engine builtin``: the same recipe (open_clip model, training transform, tokenizer,
-``ClipLoss``, AdamW with open_clip_train's weight-decay split and betas, its warmup + cosine
-schedule, logit-scale clamp) in a short loop whose data order is a function of (seed, epoch):
-two runs with one seed give identical weights, and a resumed run continues exactly. Outputs in
-``<out>/builtin/``: ``checkpoints/epoch_N.pt`` (open_clip_train's format) and ``metrics.jsonl``.
-
-Either way ``--out`` gets ``clip.safetensors`` (final weights: ``create_clip(model,
-pretrained=...)`` loads it, and the epoch checkpoints too) and ``summary.json``; the last
-lines printed are the paths of everything produced.
+``--out`` gets ``clip.safetensors`` (final weights: ``create_clip(model, pretrained=...)``
+loads it, and the epoch checkpoints too) and ``summary.json``; the last lines printed are the
+paths of everything produced.
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import os
 import random
 import re
@@ -51,10 +53,10 @@ except ImportError:  # run from a checkout without `pip install -e .`
 
 import torch
 
-from c2p.models.clip import create_clip, get_tokenizer, image_size, register_tiny_configs
+from c2p.models.clip import create_clip, register_tiny_configs
 from shards.pairs import PAIRS_NAME, SIZES_NAME, PairExport, export_pairs, load_export
 
-ENGINES = ("open_clip_train", "builtin")  # each writes its run into <out>/<engine>/
+RUN = "open_clip_train"  # open_clip_train's run folder (its --name) inside --out
 CHECKPOINTS = "checkpoints"
 FINAL_WEIGHTS = "clip.safetensors"
 SUMMARY = "summary.json"
@@ -71,8 +73,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shards", nargs="+", required=True,
                    help="pair shard directory (pairs.json) or c2p object shard directories (exported first)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--engine", choices=ENGINES, default="open_clip_train",
-                   help="open_clip_train (open_clip's trainer) or builtin (same recipe, bitwise-repeatable)")
     p.add_argument("--model", default="c2p-small", help="open_clip architecture (c2p-tiny, c2p-small, ViT-B-32, ...)")
     p.add_argument("--pretrained", default="", help="local weights file to start from (default: random init)")
     p.add_argument("--epochs", type=int, default=10)
@@ -81,19 +81,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wd", type=float, default=0.1)
     p.add_argument("--warmup", type=int, default=20, help="linear warmup steps")
     p.add_argument("--grad-clip-norm", type=float, default=1.0, help="0: off")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="model init, crops, shard and sample order: same seed, same weights")
     p.add_argument("--workers", type=int, default=0,
-                   help="DataLoader worker processes (open_clip_train: at most one per pair shard, extra ones are dropped)")
+                   help="DataLoader worker processes (at most one per pair shard, extra ones are dropped); part of "
+                        "what a repeat must match, as --seed, --batch-size and --threads")
     p.add_argument("--save-frequency", type=int, default=1, help="epochs between checkpoints/epoch_N.pt")
     p.add_argument("--resume", default="latest",
-                   help="latest (continue the run in <out>/<engine> if it has a checkpoint), none (refuse to "
+                   help="latest (continue the run in <out>/open_clip_train if it has a checkpoint), none (refuse to "
                         "overwrite an existing run) or a checkpoint path")
     p.add_argument("--log-every", type=int, default=10, help="steps between progress lines")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
-    p.add_argument("--shuffle-buffer", type=int, default=1000, help="builtin engine: samples in the shuffle buffer")
     a = p.parse_args(argv)
-    for name in ("epochs", "batch_size", "log_every", "save_frequency", "shuffle_buffer"):
+    for name in ("epochs", "batch_size", "log_every", "save_frequency"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} {getattr(a, name)}: expected >= 1")
     if a.lr <= 0 or a.wd < 0 or a.warmup < 0 or a.grad_clip_norm < 0 or a.workers < 0 or a.threads < 0:
@@ -132,7 +132,7 @@ def open_clip_train_argv(a: argparse.Namespace, pairs: PairExport, out: Path) ->
             "--warmup", str(a.warmup), "--seed", str(a.seed),
             # it asserts shards >= workers: each worker reads whole shards
             "--workers", str(min(a.workers, len(pairs.shards))),
-            "--logs", str(out), "--name", "open_clip_train", "--save-frequency", str(a.save_frequency),
+            "--logs", str(out), "--name", RUN, "--save-frequency", str(a.save_frequency),
             # epoch_latest.pt is written to tmp.pt and renamed; --resume latest then reads only it,
             # never an epoch_N.pt cut short by a kill
             "--save-most-recent",
@@ -158,10 +158,15 @@ def open_clip_train_fixes(seed: int) -> Iterator[None]:
        this project runs 1.0.2; webdataset/webdataset#384, mlfoundations/open_clip#935). No flag
        avoids it; the replacement is the same three stages with ``eof_value=None`` (the fix given
        in those threads). With a webdataset that has no ``eof_value`` this part does nothing.
-    2. its sample shuffle buffer is seeded with ``seed``. open_clip_train seeds the shard order
-       (``detshuffle2``) but builds ``wds.shuffle`` without a seed, so webdataset seeds it from
-       the clock and two runs with the same ``--seed`` differ; the demo promises the same table
-       for the same seed.
+    2. its sample shuffle buffer draws from ``random.Random(seed)``. open_clip_train seeds the
+       shard order (``detshuffle2``) but builds ``wds.shuffle`` without a seed, so webdataset
+       seeds it from the clock and two runs with the same ``--seed`` differ; the demo promises
+       the same table for the same seed. One generator per pipeline, not ``seed=seed``: with
+       ``seed=`` webdataset restarts the generator every epoch, and with one pair shard (so one
+       shard order) every epoch would see the same batches. The generator lives where the
+       pipeline runs: in this process with ``--workers 0``, else in each DataLoader worker,
+       which open_clip_train keeps for the whole run (``persistent_workers``), so epochs still
+       differ and runs still repeat.
     """
     import inspect
 
@@ -179,7 +184,8 @@ def open_clip_train_fixes(seed: int) -> Iterator[None]:
         data.tarfile_to_samples_nothrow = tarfile_to_samples_nothrow
 
     def seeded_shuffle(bufsize=1000, initial=100, **kw):
-        kw.setdefault("seed", seed)
+        if kw.get("rng") is None and kw.get("seed") is None:  # open_clip_train passes neither
+            kw["rng"] = random.Random(seed)
         return originals[1](bufsize=bufsize, initial=initial, **kw)
 
     webdataset.shuffle = seeded_shuffle  # open_clip_train.data calls it as ``wds.shuffle``
@@ -254,7 +260,7 @@ def save_weights(path: Path, model: torch.nn.Module) -> None:
 
 def train_open_clip_train(a: argparse.Namespace, pairs: PairExport, out: Path) -> dict[str, Any]:
     """Run open_clip_train up to ``a.epochs``, then export its final checkpoint as ``clip.safetensors``."""
-    run = out / "open_clip_train"
+    run = out / RUN
     log = run / "out.log"
     log_start = log.stat().st_size if log.is_file() else 0
     argv = open_clip_train_argv(a, pairs, out)
@@ -277,142 +283,13 @@ def train_open_clip_train(a: argparse.Namespace, pairs: PairExport, out: Path) -
             "epochs_run": progress["epochs_run"], "seconds": round(seconds, 2),
             # open_clip_train's own rate (median over its log windows): training steps only, no start-up
             "samples_per_s": progress.get("samples_per_s_median"), "last": progress.get("last", {}),
+            "seed": a.seed, "workers": int(argv[argv.index("--workers") + 1]), "threads": torch.get_num_threads(),
             "argv": argv, "weights": str(weights), "checkpoint": str(checkpoint), "log": str(log)}
 
 
-# ---- builtin engine ----------------------------------------------------------------------------
-
-
-def pair_loader(pairs: PairExport, preprocess, tokenizer, batch_size: int, seed: int, epoch: int,
-                shuffle_buffer: int, workers: int):
-    """Batches ``(images [B,3,S,S], tokens [B,L])`` of one epoch, in an order fixed by (seed, epoch)."""
-    import webdataset as wds
-
-    urls = [str(Path(pairs.out) / name) for name in sorted(pairs.shards)]
-
-    def collate(samples):
-        images, texts = zip(*samples)
-        return torch.stack(images), tokenizer(list(texts))
-
-    pipeline = wds.DataPipeline(
-        wds.SimpleShardList(urls),
-        wds.shuffle(len(urls), initial=len(urls), rng=random.Random(f"shards-{seed}-{epoch}")),
-        wds.split_by_worker,
-        wds.tarfile_to_samples(handler=wds.warn_and_continue),  # a corrupt pair shard is skipped, not fatal
-        wds.shuffle(shuffle_buffer, initial=shuffle_buffer, rng=random.Random(f"samples-{seed}-{epoch}")),
-        wds.decode("pilrgb", handler=wds.warn_and_continue),
-        wds.rename(image="png;jpg;jpeg;webp", text="txt"),
-        wds.map_dict(image=preprocess),
-        wds.to_tuple("image", "text"),
-        wds.batched(batch_size, collation_fn=collate, partial=False),
-    )
-    return torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=workers)
-
-
-def param_groups(model: torch.nn.Module, wd: float) -> list[dict[str, Any]]:
-    """open_clip_train's split: no weight decay on gains, biases, embeddings of rank < 2 and logit_scale."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        exclude = p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
-        (no_decay if exclude else decay).append(p)
-    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": wd}]
-
-
-def latest_checkpoint(folder: Path) -> Path | None:
-    """Newest ``epoch_N.pt`` in ``folder`` (by N); half-written ``.tmp`` files are ignored."""
-    found = [(int(p.stem[len("epoch_"):]), p) for p in folder.glob("epoch_*.pt") if p.stem[len("epoch_"):].isdigit()]
-    return max(found)[1] if found else None
-
-
-def save_checkpoint(path: Path, epoch: int, name: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """open_clip_train's checkpoint dict, written to ``path.tmp``, fsynced, then renamed (never half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"epoch": epoch, "name": name, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict()}, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def train_builtin(a: argparse.Namespace, pairs: PairExport, out: Path) -> dict[str, Any]:
-    """open_clip_train's recipe in a loop whose data order and crops depend on (seed, epoch) only."""
-    import open_clip
-    from open_clip.loss import ClipLoss
-    from open_clip_train.scheduler import cosine_lr
-
-    run = out / "builtin"
-    run.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(a.seed)
-    device = torch.device(a.device)
-    model = create_clip(a.model, pretrained=a.pretrained, device=device).train()
-    preprocess = open_clip.image_transform(image_size(model), is_train=True)
-    tokenizer = get_tokenizer(a.model)
-    optimizer = torch.optim.AdamW(param_groups(model, a.wd), lr=a.lr, betas=(0.9, 0.98), eps=1e-6)
-    loss_fn = ClipLoss()
-    samples = epoch_samples(pairs)
-    batch = min(a.batch_size, samples)
-    steps_per_epoch = samples // batch  # partial batches are dropped
-    scheduler = cosine_lr(optimizer, a.lr, a.warmup, steps_per_epoch * a.epochs)
-
-    start_epoch = 0
-    resume = latest_checkpoint(run / CHECKPOINTS) if a.resume == "latest" else None if a.resume == "none" else Path(a.resume)
-    if resume is not None:
-        ckpt = torch.load(resume, map_location=device, weights_only=True)
-        model.load_state_dict({k.removeprefix("module."): v for k, v in ckpt["state_dict"].items()})
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start_epoch = int(ckpt["epoch"])
-        print(f"resumed from {resume} (epoch {start_epoch})", flush=True)
-    else:
-        print(f"fresh start: {a.model}, {samples} pairs, {steps_per_epoch} steps/epoch", flush=True)
-
-    last: dict[str, Any] = {}
-    rates: list[float] = []
-    t0 = time.perf_counter()
-    with open(run / "metrics.jsonl", "a") as metrics:
-        for epoch in range(start_epoch, a.epochs):
-            # the random crops of an epoch depend on (seed, epoch) only: a resumed run sees the same ones
-            torch.manual_seed(a.seed * 100003 + epoch)
-            loader = pair_loader(pairs, preprocess, tokenizer, batch, a.seed, epoch, a.shuffle_buffer, a.workers)
-            t_epoch, seen = time.perf_counter(), 0
-            for i, (images, texts) in enumerate(loader):
-                if i >= steps_per_epoch:
-                    break
-                step = epoch * steps_per_epoch + i
-                lr = scheduler(step)
-                image_f, text_f, scale = model(images.to(device), texts.to(device))
-                loss = loss_fn(image_f, text_f, scale)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if a.grad_clip_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), a.grad_clip_norm)
-                optimizer.step()
-                with torch.no_grad():  # as open_clip_train: temperature no lower than 1/100
-                    model.logit_scale.clamp_(0, math.log(100))
-                seen += images.shape[0]
-                rates.append(seen / max(time.perf_counter() - t_epoch, 1e-9))
-                last = {"step": step + 1, "epoch": epoch, "loss": loss.item(), "lr": lr,
-                        "logit_scale": model.logit_scale.exp().item(), "samples_per_s": rates[-1]}
-                metrics.write(json.dumps(last) + "\n")
-                if (step + 1) % a.log_every == 0 or i + 1 == steps_per_epoch:
-                    print(f"epoch {epoch + 1}/{a.epochs} step {step + 1}/{steps_per_epoch * a.epochs} "
-                          f"loss {last['loss']:.3f} lr {lr:.2e} {rates[-1]:.1f} samples/s", flush=True)
-            metrics.flush()
-            save_checkpoint(run / CHECKPOINTS / f"epoch_{epoch + 1}.pt", epoch + 1, a.model, model, optimizer)
-    weights = out / FINAL_WEIGHTS
-    save_weights(weights, model)
-    return {"engine": "builtin", "model": a.model, "pairs": samples, "epochs": a.epochs, "batch_size": batch,
-            "steps_per_epoch": steps_per_epoch, "steps": steps_per_epoch * a.epochs, "start_epoch": start_epoch,
-            "epochs_run": a.epochs - start_epoch, "seconds": round(time.perf_counter() - t0, 2),
-            "samples_per_s": sorted(rates)[len(rates) // 2] if rates else None, "last": last,
-            "weights": str(weights), "checkpoint": str(latest_checkpoint(run / CHECKPOINTS) or ""),
-            "log": str(run / "metrics.jsonl")}
-
-
-def existing_run(out: Path, engine: str) -> Path | None:
-    """The engine's run folder in ``out`` if it already holds a log or a checkpoint."""
-    run = out / engine
+def existing_run(out: Path) -> Path | None:
+    """open_clip_train's run folder in ``out`` if it already holds a log or a checkpoint."""
+    run = out / RUN
     return run if (run / "out.log").is_file() or any((run / CHECKPOINTS).glob("*.pt")) else None
 
 
@@ -421,25 +298,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if a.threads:
         torch.set_num_threads(a.threads)
     out = Path(a.out)
-    if a.resume == "none" and (run := existing_run(out, a.engine)) is not None:
+    if a.resume == "none" and (run := existing_run(out)) is not None:
         # refused before anything is written (open_clip_train would refuse too, after the export)
         raise SystemExit(f"--resume none: {str(run)!r} already holds a run; expected a fresh --out, "
                          f"or --resume latest to continue it")
     out.mkdir(parents=True, exist_ok=True)
     pairs = resolve_pairs(a.shards, out)
-    train = train_open_clip_train if a.engine == "open_clip_train" else train_builtin
-    summary = train(a, pairs, out)
+    summary = train_open_clip_train(a, pairs, out)
     summary["pairs_dir"] = pairs.out
     summary["summary"] = str(out / SUMMARY)
     (out / SUMMARY).write_text(json.dumps(summary, indent=1, sort_keys=True))
     if summary["epochs_run"]:
         rate, loss = summary["samples_per_s"], summary["last"].get("loss")
-        print(f"trained {a.model} with {a.engine}: {summary['pairs']} pairs, epochs {summary['start_epoch'] + 1}-"
+        print(f"trained {a.model} with open_clip_train: {summary['pairs']} pairs, epochs {summary['start_epoch'] + 1}-"
               f"{a.epochs} of {a.epochs} ({summary['steps_per_epoch']} steps of {summary['batch_size']} each) in "
               f"{summary['seconds']:.0f} s" + (f", {rate:.1f} samples/s" if rate else "")
               + (f", last loss {loss:.3f}" if loss is not None else ""), flush=True)
     else:
-        print(f"{a.model} was already trained for {a.epochs} epochs by {a.engine}; weights exported again", flush=True)
+        print(f"{a.model} was already trained for {a.epochs} epochs by open_clip_train; weights exported again", flush=True)
     for key in ("pairs_dir", "log", "checkpoint", "summary", "weights"):
         print(f"  {key:<10} {summary[key]}", flush=True)
     return summary

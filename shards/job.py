@@ -35,7 +35,7 @@ from c2p.config.core import to_yaml
 from c2p.config.render import RenderJobConfig
 from c2p.schema import ERRORS_NAME, INDEX_NAME, TMP_SUFFIX, ShardIndex, atomic_write_bytes
 from shards.plan import PLAN_NAME, PlanMismatch, RenderPlan, check_plan, make_plan, read_plan_record, write_plan_record
-from shards.task import FAULT_ENV, PARTS_DIR, ShardResult, read_part, render_shard
+from shards.task import FAULT_ENV, PARTS_DIR, STAGING_DIR, ShardResult, read_part, render_shard
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ STAGES = ("load", "points", "render", "features", "encode", "write")
 
 def _job_files(out: Path) -> list[Path]:
     """Everything a render job writes into ``out`` (and nothing else: ``overwrite`` deletes only these)."""
-    names = [PLAN_NAME, INDEX_NAME, ERRORS_NAME, WARNINGS_NAME, CONFIG_NAME, PARTS_DIR, PREVIEWS_DIR]
+    names = [PLAN_NAME, INDEX_NAME, ERRORS_NAME, WARNINGS_NAME, CONFIG_NAME, PARTS_DIR, PREVIEWS_DIR, STAGING_DIR]
     files = [out / n for n in names if (out / n).exists()]
     files += sorted(out.glob("shard-*.tar")) + sorted(out.glob("*" + TMP_SUFFIX)) + sorted(out.glob(".fault-shard-*"))
     return files
@@ -75,7 +75,8 @@ def prepare_output(out: Path, plan: RenderPlan, overwrite: bool) -> None:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     out.mkdir(parents=True, exist_ok=True)
     (out / PARTS_DIR).mkdir(exist_ok=True)
-    # A crashed attempt leaves <shard>.tar.tmp; nothing else writes here while this job runs.
+    # A crashed attempt leaves its staging folder (and a parts/*.tmp); this job owns the directory now.
+    shutil.rmtree(out / STAGING_DIR, ignore_errors=True)
     for tmp in list(out.glob("*" + TMP_SUFFIX)) + list((out / PARTS_DIR).glob("*" + TMP_SUFFIX)):
         tmp.unlink(missing_ok=True)
     write_plan_record(out, plan)
@@ -145,6 +146,7 @@ def _run_tasks(cfg: RenderJobConfig, plan: RenderPlan, todo: list, fault: str) -
     queue, in_flight = list(reversed(todo)), {}
     results: dict[int, ShardResult] = {}
     failed: list[dict[str, Any]] = []
+    errors = 0
     bar = tqdm(total=sum(len(s.refs) for s in todo), unit="obj", desc=f"render {plan.corpus}", disable=not cfg.job.progress,
                dynamic_ncols=True, smoothing=0.1)
     t0 = time.perf_counter()
@@ -158,11 +160,11 @@ def _run_tasks(cfg: RenderJobConfig, plan: RenderPlan, todo: list, fault: str) -
                 spec = in_flight.pop(ref)
                 try:
                     results[spec.index] = ray.get(ref)
+                    errors += len(results[spec.index].errors)
                 except Exception as e:  # retries exhausted: report, keep rendering the others
                     log.error("shard %s failed after %d retries: %s", spec.name, cfg.job.max_retries, e)
                     failed.append({"shard": spec.name, "error": type(e).__name__, "reason": str(e).splitlines()[0][:500] if str(e) else ""})
                 bar.update(len(spec.refs))
-                errors = sum(len(r.errors) for r in results.values())
                 bar.set_postfix(shards=f"{len(results)}/{len(todo)}", errors=errors, refresh=False)
     finally:
         bar.close()
@@ -211,6 +213,8 @@ def run_render_job(cfg: RenderJobConfig, address: str | None = None) -> dict[str
                 ray.shutdown()
     for index, res in results.items():
         parts[index] = res.part_record()
+    # Attempts killed mid-write (a dead worker that Ray retried) leave their staging folders.
+    shutil.rmtree(out / STAGING_DIR, ignore_errors=True)
 
     index = finalize_output(out, plan, parts)
     previews = []

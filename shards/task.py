@@ -14,8 +14,9 @@ order:
    point cloud as pre-training sees it (``render_depth``), so previews show whether RGB and
    depth pair up;
 4. optional ``imgfeat.<tag>.npy`` from the feature actors (:mod:`shards.features`);
-5. ``encode_sample`` (RGB PNGs through the faster :func:`encode_png_rgb`, same member names)
-   + :class:`~c2p.schema.ShardWriter` (tmp name, fsync, atomic rename).
+5. ``encode_sample`` (the schema's encoders)
+   + :class:`~c2p.schema.ShardWriter` (tmp name, fsync, atomic rename) in a per-attempt
+   ``.staging/`` folder, then renamed into the output directory.
 
 Every random draw comes from a generator seeded by :func:`~shards.plan.object_seed`, so
 the same shard renders to the same bytes on every attempt. An object that fails (unreadable
@@ -29,9 +30,9 @@ with ``c2p.camera.rotate_zup_to_yup`` before anything is sampled or rendered.
 
 from __future__ import annotations
 
-import io
 import json
 import os
+import shutil
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -45,6 +46,10 @@ from c2p.schema import ShardWriter, SampleMeta, atomic_write_bytes, encode_sampl
 from shards.plan import RENDERER_VERSION, ShardSpec, error_record, feature_tag, object_seed
 
 PARTS_DIR = "parts"
+# Each attempt writes its tar in a folder of its own and renames it into place when complete:
+# an attempt still running after its driver died (Ray may take a while to reap it) can then
+# never rename a newer attempt's half-written file, which a shared ``<shard>.tar.tmp`` allows.
+STAGING_DIR = ".staging"
 FAULT_ENV = "C2P_FAULT_INJECT"
 # Feature requests in flight per shard: enough to keep a feature actor busy while the next
 # object renders, few enough that un-encoded views do not pile up in the object store.
@@ -301,53 +306,10 @@ def render_object(ref: Any, cfg: RenderJobConfig, view_angles: np.ndarray, devic
     return RenderedObject(make_key(ref.corpus, ref.uid), points, meta, rgb, depth, ref.caption or "", warnings)
 
 
-def _views(stack: np.ndarray | None) -> list[np.ndarray] | None:
-    return None if stack is None else list(stack)
-
-
-# zlib level of the RGB PNGs: 3 costs ~0.7 ms per 224x224 view and 18% more bytes than
-# PIL's level 6 with adaptive filtering, which costs ~6.6 ms — more than rendering the view.
-PNG_ZLIB_LEVEL = 3
-
-
-def encode_png_rgb(image: np.ndarray, level: int = PNG_ZLIB_LEVEL) -> bytes:
-    """uint8 ``[H,W,3]`` → PNG bytes: 8-bit RGB, filter type 0 (none) on every row, one zlib IDAT.
-
-    A standard PNG that any decoder (PIL, webdataset, Ray Data) reads back exactly; about 10x
-    faster to write than PIL's encoder, whose per-row adaptive filtering dominates the cost of
-    a sample, and deterministic (same zlib level → same bytes).
-    """
-    import struct
-    import zlib
-
-    image = np.ascontiguousarray(image, dtype=np.uint8)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image: shape {image.shape}; expected uint8 [H,W,3]")
-    h, w, _ = image.shape
-    raw = np.empty((h, 1 + 3 * w), dtype=np.uint8)
-    raw[:, 0] = 0  # filter type "none"
-    raw[:, 1:] = image.reshape(h, 3 * w)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8 bits, truecolour, deflate, no interlace
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw.tobytes(), level)) + chunk(b"IEND", b"")
-
-
 def encode_object(obj: RenderedObject, imgfeat: dict[str, np.ndarray] | None, image_format: str) -> dict[str, Any]:
-    """A rendered object → its WebDataset sample (``c2p.schema.encode_sample``).
-
-    PNG views go through :func:`encode_png_rgb` under the schema's member names
-    (``rgb.<v>.png``); WebP through the schema's encoder. Raises ValueError for non-finite points.
-    """
-    fast_png = image_format == "png" and obj.rgb is not None
-    # encode_sample takes per-view sequences: its ``rgb or []`` would test an array's truth.
-    sample = encode_sample(obj.key, obj.points, obj.meta, rgb=None if fast_png else _views(obj.rgb), depth=_views(obj.depth),
-                           imgfeat=imgfeat, caption=obj.caption or None, image_format=image_format)
-    if fast_png:
-        sample.update({f"rgb.{v}.png": encode_png_rgb(img) for v, img in enumerate(obj.rgb)})
-    return sample
+    """A rendered object → its WebDataset sample (``c2p.schema.encode_sample``). Raises ValueError for non-finite points."""
+    return encode_sample(obj.key, obj.points, obj.meta, rgb=obj.rgb, depth=obj.depth, imgfeat=imgfeat,
+                         caption=obj.caption or None, image_format=image_format)
 
 
 # ----------------------------------------------------------------------------- fault injection
@@ -408,7 +370,9 @@ def render_shard(spec: ShardSpec, cfg: RenderJobConfig, fingerprint: str, *, fea
     warnings: list[dict[str, Any]] = []
     pending: deque = deque()  # (RenderedObject, feature ObjectRef | None), in write order
 
-    writer = ShardWriter(out / spec.name)
+    staging = out / STAGING_DIR / f"{spec.index:06d}-{os.getpid()}-{time.time_ns()}"
+    staging.mkdir(parents=True)
+    writer = ShardWriter(staging / spec.name)
     try:
         def flush(limit: int) -> None:
             while len(pending) > limit:
@@ -446,9 +410,12 @@ def render_shard(spec: ShardSpec, cfg: RenderJobConfig, fingerprint: str, *, fea
         flush(0)
         t = time.perf_counter()
         writer.close()
+        os.replace(staging / spec.name, out / spec.name)
     except BaseException:
         writer.abort()
         raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     size = (out / spec.name).stat().st_size
     result = ShardResult(spec.index, spec.name, fingerprint, writer.count, size, errors, warnings)
     part_path(out, spec.name).parent.mkdir(parents=True, exist_ok=True)

@@ -141,8 +141,10 @@ def universal_state(tag_dir: Path, out: Path | None = None) -> dict[str, dict[st
     state = {}
     for p in sorted((out / "zero").iterdir()):
         if p.is_dir():
-            state[p.name] = {k: torch.load(p / f"{k}.pt", map_location="cpu", weights_only=False)["param"]
-                             for k in ("fp32", "exp_avg", "exp_avg_sq")}
+            loaded = {k: torch.load(p / f"{k}.pt", map_location="cpu", weights_only=True)
+                      for k in ("fp32", "exp_avg", "exp_avg_sq")}
+            # ZeRO-1/2 conversions store {"param": tensor}; ZeRO-3 ones the bare tensor
+            state[p.name] = {k: v["param"] if isinstance(v, dict) else v for k, v in loaded.items()}
     return state
 
 

@@ -184,7 +184,7 @@ def test_gpu_ordinal_and_fault_spec(monkeypatch):
 
 
 def test_fast_png_is_a_standard_lossless_png():
-    from shards.task import encode_png_rgb
+    from c2p.schema import encode_png_rgb
 
     image = np.random.default_rng(0).integers(0, 256, (31, 17, 3), dtype=np.uint8)
     data = encode_png_rgb(image)
@@ -244,7 +244,7 @@ def test_job_output_reads_back_everywhere(rendered, corpus):
     # The task of shard FAULT_SHARD died on its first attempt (the marker proves it) and was retried.
     assert marker.is_file()
     assert summary["shards_failed"] == [] and summary["shards_rendered"] == summary["shards"] == 5
-    assert not list(out.rglob("*.tmp"))
+    assert not list(out.rglob("*.tmp")) and not list(out.glob(".staging/*"))
 
     index = ShardIndex.load(out)
     tars = sorted(out.glob("shard-*.tar"))
@@ -336,8 +336,24 @@ def test_killed_driver_resumes_missing_shards_byte_identical(rendered, corpus, r
     assert summary["shards_skipped"] >= done_before
     assert summary["shards_skipped"] + summary["shards_rendered"] == ref_summary["shards"]
     assert summary["shards_rendered"] >= 1
-    assert not list(out.rglob("*.tmp"))
+    assert not list(out.rglob("*.tmp")) and not list(out.glob(".staging/*"))
     assert _hashes(out) == _hashes(ref_out), _member_diff(out, ref_out)
+
+
+@pytest.mark.slow
+def test_shard_failing_all_retries_is_reported_and_rerun(corpus, ray_cluster, tmp_path, monkeypatch):
+    from shards.job import run_render_job
+
+    out = tmp_path / "shards"
+    args = ("corpus.limit=2", "job.shard_size=1", "job.previews=0")
+    monkeypatch.setenv("C2P_FAULT_INJECT", f"shard=0,after=1,marker={tmp_path / 'marker'}")
+    first = run_render_job(_cfg(corpus, out, *args, "job.max_retries=0"))
+    assert [f["shard"] for f in first["shards_failed"]] == ["shard-000000.tar"] and first["shards_rendered"] == 1
+    assert list(ShardIndex.load(out).shards) == ["shard-000001.tar"]  # the index lists complete shards only
+    assert not (out / "shard-000000.tar").exists()
+    second = run_render_job(_cfg(corpus, out, *args))  # the marker exists: this attempt lives
+    assert second["shards_failed"] == [] and second["shards_rendered"] == 1 and second["shards_skipped"] == 1
+    assert ShardIndex.load(out).num_samples == 2
 
 
 @pytest.mark.slow

@@ -92,7 +92,7 @@ def test_export_pairs_skips_corrupt_shards_and_uses_label_captions(tmp_path):
 
 
 def test_open_clip_train_trains_on_pair_shards_and_resumes(tmp_path):
-    """The default engine: open_clip_train itself, on 3 pair shards (brace pattern), c2p-tiny, 6 steps."""
+    """open_clip_train itself, on 3 pair shards (brace pattern), c2p-tiny, 6 steps."""
     src = write_object_shards(tmp_path / "objects")
     pairs = export_pairs([src], tmp_path / "pairs", samples_per_shard=10)
     out = tmp_path / "clip"
@@ -136,25 +136,59 @@ def test_open_clip_train_trains_on_pair_shards_and_resumes(tmp_path):
     assert not torch.allclose(after.encode_image(x), final.encode_image(x))
     with pytest.raises(SystemExit, match="already holds a run"):
         tc.main(common + ["--epochs", "3", "--resume", "none"])
+    with pytest.raises(SystemExit):
+        tc.parse_args(["--shards", pairs.out, "--out", "o", "--pretrained", str(tmp_path / "missing.pt")])
 
 
-def test_builtin_engine_repeats_bitwise_and_resumes_exactly(tmp_path):
+def test_same_seed_same_weights_other_seed_other_weights(tmp_path):
+    """Two open_clip_train runs with one --seed give bit-identical weights, with 0 and 1 workers:
+    3 pair shards (shard order shuffled), 24 pairs through the sample shuffle buffer, 2 epochs of
+    3 batches, so a clock-seeded shuffle would change the batches and the weights."""
     tc = _train_clip_module()
     torch.set_num_threads(1)
     src = write_object_shards(tmp_path / "objects")
-    common = ["--shards", str(src), "--model", "c2p-tiny", "--batch-size", "8", "--warmup", "1", "--lr", "5e-3",
-              "--log-every", "100", "--engine", "builtin", "--epochs", "2"]
-    straight = tc.main(common + ["--out", str(tmp_path / "a")])  # object shards: exported to <out>/pairs first
-    assert straight["pairs_dir"] == str(tmp_path / "a" / "pairs") and straight["steps"] == 6
-    tc.main(common + ["--out", str(tmp_path / "b")])
-    (tmp_path / "b" / "builtin" / "checkpoints" / "epoch_2.pt").unlink()  # as if stopped after epoch 1
-    resumed = tc.main(common + ["--out", str(tmp_path / "b")])
-    assert resumed["start_epoch"] == 1 and straight["start_epoch"] == 0
-    steps = [json.loads(x)["step"] for x in (tmp_path / "b" / "builtin" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4, 5, 6, 4, 5, 6]
-    a = create_clip("c2p-tiny", pretrained=straight["weights"]).state_dict()
-    b = create_clip("c2p-tiny", pretrained=resumed["weights"]).state_dict()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
-    with pytest.raises(SystemExit):
-        tc.parse_args(["--shards", str(src), "--out", "o", "--pretrained", str(tmp_path / "missing.pt")])
+    pairs = export_pairs([src], tmp_path / "pairs", samples_per_shard=10)
+    common = ["--shards", pairs.out, "--model", "c2p-tiny", "--batch-size", "8", "--warmup", "1", "--lr", "5e-3",
+              "--epochs", "2", "--log-every", "100"]
+
+    def weights(name: str, *extra: str) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        summary = tc.main(common + ["--out", str(tmp_path / name), *extra])
+        assert summary["steps"] == 6 and summary["epochs_run"] == 2
+        return load_file(summary["weights"])
+
+    def differing(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list[str]:
+        assert a.keys() == b.keys()
+        return [k for k in a if not torch.equal(a[k], b[k])]
+
+    first = weights("s0", "--seed", "0")
+    assert differing(first, weights("s0-again", "--seed", "0")) == []
+    assert len(differing(first, weights("s1", "--seed", "1"))) == len(first)
+    # one DataLoader worker: the shuffle generator lives (and carries over epochs) in the worker
+    worker = weights("s0-w1", "--seed", "0", "--workers", "1")
+    assert differing(worker, weights("s0-w1-again", "--seed", "0", "--workers", "1")) == []
+
+
+def test_open_clip_train_fixes_seed_the_sample_shuffle_per_run_not_per_epoch():
+    """The stage open_clip_train builds as ``wds.shuffle(bufsize=..., initial=...)`` (no seed):
+    inside the fixes one run's order repeats with the seed, and its epochs differ (one shard,
+    so one shard order, must not mean the same batches every epoch)."""
+    import webdataset as wds
+
+    tc = _train_clip_module()
+    original = wds.shuffle
+
+    def epochs(stage, n: int = 2) -> list[list[int]]:
+        pipeline = wds.DataPipeline(lambda: iter(range(50)), stage)
+        return [list(pipeline) for _ in range(n)]
+
+    with tc.open_clip_train_fixes(seed=3):
+        run = epochs(wds.shuffle(bufsize=5000, initial=1000))
+        again = epochs(wds.shuffle(bufsize=5000, initial=1000))
+    with tc.open_clip_train_fixes(seed=4):
+        other = epochs(wds.shuffle(bufsize=5000, initial=1000))
+    assert wds.shuffle is original  # restored on exit
+    assert sorted(run[0]) == list(range(50)) and run[0] != list(range(50))
+    assert run == again and run[0] != run[1]
+    assert other[0] != run[0]

@@ -133,7 +133,9 @@ def render_depth(points: torch.Tensor, elev: Angles, azim: Angles, dist: Angles 
     for i in range(0, b, chunk):  # chunks of objects bound memory; normally one chunk
         p = pts[i : i + chunk].unsqueeze(1) / d[i : i + chunk, :, None, None]  # [b,V,N,3] scaled by 1/dist
         view = torch.matmul(p, r[i : i + chunk]) + t[i : i + chunk, :, None, :]  # X_view = X @ R + T
-        out.append(_rasterize(view.reshape(-1, n, 3), image_size, radius).view(-1, nv, image_size, image_size))
+        out.append(_rasterize(view.reshape(view.shape[0] * nv, n, 3), image_size, radius).view(-1, nv, image_size, image_size))
+    if not out:  # no objects
+        return torch.full((0, nv, image_size, image_size), -1.0, device=device)
     return out[0] if len(out) == 1 else torch.cat(out, dim=0)
 
 

@@ -11,7 +11,7 @@ B=32, N=1024, V=10, 224x224 for
     max-pool densify, 3D Gaussian smoothing, squeeze along depth, resize to 224), written out below.
 Mesh: objects per second (10 views, 224x224, colour + depth) of a ~20k-face closed mesh for
 c2p.render.MeshRenderer (moderngl, EGL; also the same mesh opened, which c2p draws without
-back-face culling) against pyrender on OSMesa (``pip install pyrender PyOpenGL``, ``apt-get install
+back-face culling) against pyrender on OSMesa (``pip install pyrender "PyOpenGL>=3.1.5"``, ``apt-get install
 libosmesa6``: benchmark-only dependencies), which runs in a subprocess with PYOPENGL_PLATFORM=osmesa.
 Contenders run interleaved (round-robin) after one warm-up each; medians over --repeats of wall
 and CPU seconds (CPU time of all the process's threads: the load-robust measure on a shared machine).
