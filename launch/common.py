@@ -596,6 +596,10 @@ def _finished(job: Any) -> bool:
     return state in _TERMINAL or state == "GONE"
 
 
+def _state_of(job: Any) -> str:
+    return job.state if type(job).__name__ == "LocalJob" else slurm_state(job.job_id)
+
+
 def wait(jobs: Sequence[Any], timeout_s: float | None = None, poll_s: float = 2.0) -> None:
     """Block until every job has ended (result written, or SLURM says it ended)."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -617,12 +621,26 @@ def collect(jobs: Sequence[Any], timeout_s: float | None = None) -> list[Any]:
     wait(jobs, timeout_s)
     results, failures = [], []
     for i, job in enumerate(jobs):
-        try:
-            r = job.results() if job._sub_jobs else [job.result()]
-            results.append(r[0])
-        except Exception as e:  # a job's own error, re-raised by submitit with its traceback
-            failures.append(f"[{i}] job {job.job_id}: {str(e).strip()[-2000:]}\n    logs: {job.paths.stderr}")
-            results.append(None)
+        # Task by task, and only where a result file exists: submitit's own results() would
+        # wait on sacct for a task that died without one (a killed rank, a node failure).
+        tasks = job._sub_jobs or [job]
+        errors = []
+        for t in tasks:
+            if not t.paths.result_pickle.exists():
+                tail = t.stderr() or ""
+                errors.append(f"task {t.task_id} ended without a result (SLURM state {_state_of(job)}); stderr ends:\n{tail.strip()[-1500:]}")
+                continue
+            try:
+                value = t.result()
+            except Exception as e:  # the job's own error, re-raised by submitit with its traceback
+                errors.append(str(e).strip()[-2000:])
+                continue
+            if t is tasks[0]:
+                results.append(value)
+        if errors:
+            failures.append(f"[{i}] job {job.job_id}: {errors[0]}\n    logs: {job.paths.stderr}")
+            if len(results) == i:
+                results.append(None)
     if failures:
         raise JobFailedError(f"{len(failures)} of {len(jobs)} job(s) failed:\n" + "\n".join(failures))
     return results
@@ -766,7 +784,7 @@ class RayClusterTask:
         temp = Path(tempfile.gettempdir()) / f"c2pray-{token}"  # short: Ray's socket paths must fit 107 bytes
         cmd = [
             *_RAY_CLI, "start", "--block", f"--num-cpus={cpus}", f"--temp-dir={temp}",
-            "--include-dashboard=false", "--disable-usage-stats",
+            "--disable-usage-stats",
             f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
             f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}", *args,
         ]
@@ -796,7 +814,8 @@ class RayClusterTask:
             if rank == 0:
                 port, secret = _free_port(), secrets.token_hex(32)
                 self._use_auth_token(secret)
-                proc = self._ray_start(["--head", f"--port={port}", f"--node-ip-address={host_ip}", f"--ray-client-server-port={_free_port()}"], token)
+                head_args = ["--head", f"--port={port}", "--include-dashboard=false", f"--ray-client-server-port={_free_port()}"]
+                proc = self._ray_start([*head_args, f"--node-ip-address={host_ip}"], token)
                 address = f"{host_ip}:{port}"
                 self._wait_port(host_ip, port, proc)
                 # head.json holds the cluster's secret: readable by the owner only.

@@ -171,7 +171,7 @@ def _downstream_args(d: Demo) -> list[str]:
     w = d.cfg.world
     return ["--config", str(REPO / "configs" / "demo" / "downstream.yaml"), "--root", str(d.world), f"run.dir={d.dir / 'eval'}",
             f"encoder.model={d.cfg.clip.model}", f"encoder.pretrained={d.clip_weights}", f"encoder.image_size={w.image_size}",
-            f"encoder.views={d.cfg.fewshot.views}", f"run.seed={d.cfg.run.seed}"]
+            f"encoder.views={d.cfg.fewshot.views}", f"encoder.cache_dir={d.dir / 'eval' / 'cache'}", f"run.seed={d.cfg.run.seed}"]
 
 
 def stage_zeroshot(d: Demo) -> None:

@@ -394,17 +394,11 @@ def test_object_points_from_points_meshes_and_scenes():
 
 @pytest.mark.slow
 @pytest.mark.slurm
-def test_fewshot_sweep_as_a_slurm_job_array(tmp_path, synthetic, monkeypatch, capsys):
-    """The sweep goes out as ONE job array on the local SLURM (.ci/slurm.sh, idempotent start);
+def test_fewshot_sweep_as_a_slurm_job_array(tmp_path, synthetic, slurm_env, capsys):
+    """The sweep goes out as ONE job array on the local SLURM (the ``slurm_env`` fixture);
     each element writes its results.json and the launcher builds the table from them."""
-    import subprocess
-
     from launch.finetune import main as finetune_main
 
-    script = str(REPO / ".ci" / "slurm.sh")
-    subprocess.run(["bash", script, "start"], check=True, capture_output=True, timeout=180)
-    conf = subprocess.run(["bash", script, "env"], check=True, capture_output=True, text=True).stdout.strip().split("=", 1)[1]
-    monkeypatch.setenv("SLURM_CONF", conf)
     root, tower = synthetic
     rc = finetune_main(["--cluster", "slurm", "--task", "fewshot", "--shots", "1", "--seed", "0", "1", "--time", "10",
                         "--config", FS_TINY, "--root", str(root), "--depth-tower", str(tower),

@@ -175,7 +175,11 @@ def test_finetune_sweep_is_one_job_array(uninterrupted, slurm_env, tmp_path, cap
 
 def _leftovers(job_id: str, env: dict) -> list[int]:
     """Processes still carrying this job's Ray cluster token, or its SLURM job id, in their
-    environment (every process the job started inherits both, Ray's re-parented daemons too)."""
+    environment (every process the job started inherits both, Ray's re-parented daemons too),
+    once SLURM says the job has ended (its own processes exit a moment after the result)."""
+    deadline = time.monotonic() + 120
+    while slurm_state(job_id) in ("RUNNING", "COMPLETING", "CONFIGURING", "PENDING", "UNKNOWN") and time.monotonic() < deadline:
+        time.sleep(0.5)
     needle = f"SLURM_JOB_ID={job_id}".encode()
     mine = []
     for p in Path("/proc").iterdir():
@@ -206,9 +210,51 @@ def test_render_through_ray_inside_slurm_leaves_no_ray_process(slurm_env, tmp_pa
     assert oct(head.stat().st_mode & 0o777) == "0o600"  # it holds the cluster's auth token
     assert "ray start" not in r.stdout and _leftovers(job, env) == []
 
-    # A render that fails inside the job (no corpus there): the job fails, Ray is still stopped.
-    r = subprocess.run([*common, "--root", str(tmp_path / "missing"), "--out", str(tmp_path / "shards2"), *small],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
-    assert r.returncode == 1 and "job(s) failed" in r.stderr, r.stdout[-2000:] + r.stderr[-3000:]
-    job = job_id_of(r.stdout)
+    # A render that fails inside the job (an empty corpus root): the job fails, Ray is still stopped.
+    # Called through the library function so that the failure happens inside the job whatever
+    # checks launch/render.py makes before submitting.
+    from c2p.config import load_config
+    from c2p.config.render import RenderJobConfig
+    from launch.common import ClusterOptions, JobFailedError, run_ray_in_slurm
+
+    (tmp_path / "empty").mkdir()
+    cfg = load_config(RenderJobConfig, REPO / "configs" / "render" / "synthetic.yaml",
+                      [f"corpus.root={tmp_path / 'empty'}", f"out={tmp_path / 'shards2'}", *small])
+    with pytest.raises(JobFailedError, match="CorpusError") as e:
+        run_ray_in_slurm("launch.render:run", cfg, ClusterOptions(cluster="slurm", time=20), tmp_path / "failed")
+    job = re.search(r"job (\d+):", str(e.value)).group(1)
     assert _leftovers(job, env) == []
+
+
+RAY_TARGET = '''
+def spread(cfg, address):
+    import os
+    import ray
+    ray.init(address=address, log_to_driver=False)
+    try:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        @ray.remote(num_cpus=1)
+        def where():
+            return os.environ.get("C2P_RAY_CLUSTER")
+        nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+        pinned = [where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote() for n in nodes]
+        return {"nodes": len(nodes), "where": sorted(ray.get(pinned))}
+    finally:
+        ray.shutdown()
+'''
+
+
+def test_ray_head_and_worker_tasks_form_one_cluster(slurm_env, tmp_path, monkeypatch):
+    """Two tasks as two 'nodes' (one machine here): rank 0 runs the head, rank 1 a worker that
+    joins it with the head's address and token; work lands on both; nothing is left behind."""
+    from launch.common import ClusterOptions, RayClusterTask, collect, submit
+
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "ray_spread.py").write_text(RAY_TARGET)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "lib"), os.environ.get("PYTHONPATH", "")]))
+    job = submit(RayClusterTask("ray_spread:spread", {}, tmp_path / "ray", cpus_per_node=1),
+                 ClusterOptions(cluster="slurm", tasks_per_node=2, time=10), tmp_path / "run")
+    result = collect([job], timeout_s=300)[0]
+    assert result == {"nodes": 2, "where": [f"{job.job_id}-0", f"{job.job_id}-1"]}
+    assert _leftovers(job.job_id, slurm_env) == []

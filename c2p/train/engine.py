@@ -71,6 +71,11 @@ def init_distributed(cfg: PretrainConfig) -> DistInfo:
         backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    elif "OMP_NUM_THREADS" not in env:
+        # CPU ranks share the node's cores: torch's default (all cores per process) oversubscribes
+        # them, and spinning intra-op threads then slow every rank down several-fold.
+        local_world = int(env.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // max(1, local_world)))
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
     return DistInfo(rank, world, local, device, backend)
 
