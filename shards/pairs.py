@@ -68,7 +68,12 @@ def object_shard_paths(sources: Sequence[str | Path]) -> list[Path]:
 
 def read_object_samples(tar_path: Path) -> Iterator[dict[str, bytes]]:
     """Raw samples ``{"__key__": key, "<member>": bytes}`` of one object shard, in tar order.
-    A member's key is its name up to the first dot (WebDataset's rule; c2p keys have no dots)."""
+    A member's key is its name up to the first dot (WebDataset's rule; c2p keys have no dots).
+
+    Raises ``tarfile.ReadError`` naming the file when the tar ends without its end-of-archive
+    blocks (a file cut short on a header boundary, which ``tarfile`` itself reads as a clean
+    end); the sample being read then is not yielded, as it may lack members.
+    """
     current: dict[str, bytes] | None = None
     with tarfile.open(tar_path, "r") as tar:
         for info in tar:
@@ -80,6 +85,11 @@ def read_object_samples(tar_path: Path) -> Iterator[dict[str, bytes]]:
                     yield current
                 current = {"__key__": key}
             current[member] = tar.extractfile(info).read()
+        # tarfile stops quietly at a missing or cut header; a whole archive has two zero blocks there
+        size = Path(tar_path).stat().st_size
+        if size < tar.offset + 2 * tarfile.BLOCKSIZE:
+            raise tarfile.ReadError(f"{str(tar_path)!r} ends at byte {size}, inside or before the header at "
+                                    f"{tar.offset}; expected a whole tar (truncated shard?)")
     if current is not None:
         yield current
 
