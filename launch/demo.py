@@ -148,7 +148,9 @@ def stage_render(d: Demo) -> None:
 def stage_clip(d: Demo) -> None:
     c = d.cfg.clip
     d.sh("clip", d.py("launch/train_clip.py", "--shards", d.shards("train"), "--out", d.dir / "clip", "--model", c.model,
-                      "--epochs", c.epochs, "--batch-size", c.batch_size, "--lr", c.lr, "--seed", d.cfg.run.seed), "small CLIP (open_clip_train)")
+                      "--epochs", c.epochs, "--batch-size", c.batch_size, "--lr", c.lr, "--seed", d.cfg.run.seed,
+                      # threads and workers change the exact weights: fixed, so the same seed gives the same table
+                      "--threads", c.threads, "--workers", 0), "small CLIP (open_clip_train)")
 
 
 def _pretrain(d: Demo, name: str, intra: bool) -> None:

@@ -29,6 +29,7 @@ class ClipStageConfig:
     epochs: int = option(6, "open_clip_train epochs over the image-text pairs", ge=1)
     batch_size: int = option(64, "open_clip_train batch", ge=2)
     lr: float = option(1e-3, "open_clip_train learning rate", gt=0.0)
+    threads: int = option(2, "torch threads of open_clip_train (part of what fixes its exact weights)", ge=1)
 
 
 @dataclass

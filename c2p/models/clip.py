@@ -8,7 +8,10 @@ the demo run on a CPU:
 | name        | image | patch | vision width×layers | text width×layers | embed | params |
 |-------------|-------|-------|---------------------|-------------------|-------|--------|
 | ``c2p-tiny``  | 32²   | 8     | 64×2                | 64×2 (ctx 77)     | 64    | ~3.4M (3.2M of it the 49408-token embedding) |
-| ``c2p-small`` | 64²   | 8     | 192×4               | 128×4 (ctx 32)    | 128   | ~9.0M (6.3M embedding) |
+| ``c2p-small`` | 64²   | 16    | 192×4               | 128×4 (ctx 32)    | 128   | ~9.0M (6.3M embedding) |
+
+``c2p-small`` uses 16-pixel patches (a 4×4 grid at 64²): 4× cheaper than 8-pixel ones, which
+lets the demo train its CLIP and two depth towers in minutes on 2 CPU cores.
 
 Both use the default CLIP BPE tokenizer (vocab 49408), so ``get_tokenizer`` works as for
 any open_clip model; ``c2p-small`` shortens the context to 32 tokens because captions and
@@ -36,7 +39,7 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
     },
     "c2p-small": {
         "embed_dim": 128,
-        "vision_cfg": {"image_size": 64, "layers": 4, "width": 192, "head_width": 32, "patch_size": 8},
+        "vision_cfg": {"image_size": 64, "layers": 4, "width": 192, "head_width": 32, "patch_size": 16},
         "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 4},
     },
 }
