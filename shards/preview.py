@@ -31,6 +31,18 @@ def read_samples(shard: str | Path, limit: int) -> list[dict[str, bytes]]:
     return samples
 
 
+def _points_depth(points_npy: bytes, views: list[list[float]], size: int) -> np.ndarray:
+    """``points.npy`` bytes + V (elev, azim, dist) → float32 [V,size,size] z-buffers (background -1)."""
+    import torch
+
+    from c2p.render import render_depth
+    from c2p.schema import decode_points
+
+    pts = torch.from_numpy(decode_points(points_npy))[None]
+    v = torch.tensor(views, dtype=torch.float32)
+    return render_depth(pts, v[:, 0], v[:, 1], v[:, 2], image_size=size).numpy()[0]
+
+
 def write_previews(out: str | Path, index: ShardIndex, count: int, per_sheet: int = 8) -> list[Path]:
     """Contact sheets ``previews/preview-XXX.png`` of the first ``count`` samples of ``out``.
 
@@ -39,11 +51,14 @@ def write_previews(out: str | Path, index: ShardIndex, count: int, per_sheet: in
     """
     from c2p.render import write_contact_sheet
 
+    # a few samples from each shard (shards follow uid order, so the first shard alone is often one class)
+    shards = index.shard_paths(out)
+    per_shard = -(-count // max(1, len(shards)))
     samples: list[dict[str, bytes]] = []
-    for shard in index.shard_paths(out):
+    for shard in shards:
         if len(samples) >= count:
             break
-        samples += read_samples(shard, count - len(samples))
+        samples += read_samples(shard, min(per_shard, count - len(samples)))
     samples = [s for s in samples if rgb_views(s)]
     folder = Path(out) / "previews"
     folder.mkdir(exist_ok=True)
@@ -54,10 +69,12 @@ def write_previews(out: str | Path, index: ShardIndex, count: int, per_sheet: in
         for s in chunk:
             views = rgb_views(s)
             rgb.append(np.stack([decode_image(s[next(k for k in s if k.startswith(f"rgb.{v}."))]) for v in views]))
+            meta = SampleMeta.from_json(s["meta.json"])
             if all(f"depth.{v}.png" in s for v in views):
                 mm = np.stack([decode_image(s[f"depth.{v}.png"]).astype(np.float32) for v in views])
                 depth.append(np.where(mm > 0, mm / 1000.0, -1.0).astype(np.float32))
-            meta = SampleMeta.from_json(s["meta.json"])
+            elif "points.npy" in s:  # no stored depth: the point-cloud depth pre-training will render
+                depth.append(_points_depth(s["points.npy"], [meta.views[v] for v in views], rgb[-1].shape[1]))
             titles.append(f"{meta.label} {meta.uid}")
         path = folder / f"preview-{start // per_sheet:03d}.png"
         write_contact_sheet(path, rgb, depth if len(depth) == len(rgb) else None, titles)

@@ -402,3 +402,32 @@ def test_imgfeat_actors_store_image_tower_features(corpus, ray_cluster, tmp_path
             count += 1
     assert count == 2
     ray.kill(encoder)
+
+
+def test_previews_pair_rgb_with_point_depth_when_no_depth_is_stored(tmp_path):
+    """Without depth.<v>.png members the contact sheet renders each view's depth from points.npy."""
+    from PIL import Image
+
+    from c2p.schema import SHARD_PATTERN, SampleMeta, ShardIndex, ShardWriter, encode_sample, make_key
+    from shards.preview import write_previews
+
+    rng = np.random.default_rng(0)
+
+    def sheet(with_points: bool) -> tuple[int, int]:
+        out = tmp_path / f"p{int(with_points)}"
+        out.mkdir()
+        with ShardWriter(out / SHARD_PATTERN.format(0)) as w:
+            for i in range(2):
+                meta = SampleMeta(uid=f"o{i}", corpus="t", label="c", label_index=0, source="mem",
+                                  views=[[0.0, 0.0, 1.0], [0.0, 90.0, 1.0]], points=64)
+                sample = encode_sample(make_key("t", f"o{i}"), rng.uniform(-0.5, 0.5, (64, 3)), meta,
+                                       rgb=[rng.integers(0, 255, (16, 16, 3), dtype=np.uint8) for _ in range(2)])
+                if not with_points:
+                    del sample["points.npy"]
+                w.write(sample)
+        index = ShardIndex(corpus="t", settings={}, labels=["c"], shards={SHARD_PATTERN.format(0): 2}, total_objects=2)
+        (path,) = write_previews(out, index, 2)
+        return Image.open(path).size
+
+    with_depth, rgb_only = sheet(True), sheet(False)
+    assert with_depth[0] == rgb_only[0] and with_depth[1] > rgb_only[1]  # a depth row under each RGB row
