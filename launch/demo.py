@@ -228,8 +228,8 @@ def stage_report(d: Demo) -> None:
 STAGES = [
     Stage("world", "synthetic corpus", 5, stage_world),
     Stage("render", "Ray → WebDataset shards", 20, stage_render),
-    Stage("clip", "small CLIP, open_clip_train", 190, stage_clip),
-    Stage("pretrain", "CLIP2Point, DeepSpeed x2 ranks", 150, stage_pretrain),
+    Stage("clip", "small CLIP, open_clip_train", 200, stage_clip),
+    Stage("pretrain", "CLIP2Point, DeepSpeed x2 ranks", 185, stage_pretrain),
     Stage("zeroshot", "zero-shot on held-out objects", 20, stage_zeroshot),
     Stage("fewshot", "GDPA few-shot sweep", 45, stage_fewshot),
     Stage("retrieval", "depth→image retrieval", 5, stage_retrieval),
