@@ -38,16 +38,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         epilog="config keys: " + ", ".join(k for k, *_ in describe(DownstreamConfig)),
     )
     p.add_argument("--task", choices=sorted(TARGETS), default="zeroshot")
-    p.add_argument("--config", help="YAML config (configs/downstream/*.yaml)")
-    p.add_argument("--root", help="corpus root (data.root)")
-    p.add_argument("--corpus", help="corpus reader (data.corpus)")
-    p.add_argument("--depth-tower", help="exported depth tower .safetensors (encoder.depth_tower); omit for CLIP's image tower")
-    p.add_argument("--run", help="a pre-training run directory: its export/depth_tower.safetensors and model, reports in <run>/eval/")
-    p.add_argument("--name", help="run name (run.name): reports go to <run.dir>/<name>/eval/")
+    add_downstream_args(p, depth_help="; omit for CLIP's image tower")
     p.add_argument("--json", action="store_true", help="print the results as one JSON line")
     add_cluster_args(p, job_name="c2p-eval")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     return p.parse_intermixed_args(argv)  # key=value overrides may come before or after flags
+
+
+def add_downstream_args(p: argparse.ArgumentParser, depth_help: str = "") -> None:
+    """The flags evaluate.py and finetune.py share; :func:`downstream_overrides` turns them into overrides."""
+    p.add_argument("--config", help="YAML config (configs/downstream/*.yaml)")
+    p.add_argument("--root", help="corpus root (data.root)")
+    p.add_argument("--corpus", help="corpus reader (data.corpus)")
+    p.add_argument("--depth-tower", help="exported depth tower .safetensors (encoder.depth_tower)" + depth_help)
+    p.add_argument("--run", help="a pre-training run directory: its export/depth_tower.safetensors and model, reports in <run>/eval/")
+    p.add_argument("--name", help="run name (run.name): reports go to <run.dir>/<name>/eval/")
+
+
+def downstream_overrides(args: argparse.Namespace, flags: dict[str, object] | None = None) -> list[str]:
+    """``--run``, the shared flags, the command's own ``flags`` (config key → value) and the
+    ``key=value`` overrides, in that order (later wins)."""
+    shared = {"data.root": args.root, "data.corpus": args.corpus, "encoder.depth_tower": args.depth_tower, "run.name": args.name}
+    named = {**shared, **(flags or {})}
+    return run_flags(args.run) + [f"{k}={v}" for k, v in named.items() if v is not None] + list(args.overrides)
 
 
 def run_flags(run: str | None) -> list[str]:
@@ -71,9 +84,7 @@ def run_flags(run: str | None) -> list[str]:
 
 def build_config(args: argparse.Namespace) -> DownstreamConfig:
     """Config from --config, --run, the named flags and the overrides (later wins); raises ConfigError."""
-    flags = {"data.root": args.root, "data.corpus": args.corpus, "encoder.depth_tower": args.depth_tower, "run.name": args.name}
-    overrides = run_flags(args.run) + [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.overrides)
-    return load_config(DownstreamConfig, args.config, overrides)
+    return load_config(DownstreamConfig, args.config, downstream_overrides(args))
 
 
 def check_inputs(cfg: DownstreamConfig) -> None:

@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from c2p.config import ConfigError, describe, load_config
 from c2p.config.downstream import DownstreamConfig
 from launch.common import ClusterOptions, LaunchError, add_cluster_args, launch_array
-from launch.evaluate import check_inputs, run_flags
+from launch.evaluate import add_downstream_args, check_inputs, downstream_overrides
 
 TARGET = "c2p.eval.fewshot:run_one"
 
@@ -42,12 +42,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--task", choices=["fewshot", "supervised"], help="finetune.task")
     p.add_argument("--shots", type=int, nargs="+", metavar="K", help="shots per class, one or more (finetune.shots)")
     p.add_argument("--seed", "--seeds", dest="seeds", type=int, nargs="+", metavar="S", help="seeds, one or more (finetune.seeds)")
-    p.add_argument("--config", help="YAML config (configs/downstream/*.yaml)")
-    p.add_argument("--root", help="corpus root (data.root)")
-    p.add_argument("--corpus", help="corpus reader (data.corpus)")
-    p.add_argument("--depth-tower", help="exported depth tower .safetensors (encoder.depth_tower)")
-    p.add_argument("--run", help="a pre-training run directory: its export/depth_tower.safetensors and model, reports in <run>/eval/")
-    p.add_argument("--name", help="run name (run.name): reports go to <run.dir>/<name>/eval/")
+    add_downstream_args(p)
     p.add_argument("--collect", action="store_true", help="only build the sweep table/plot from finished runs")
     p.add_argument("--json", action="store_true", help="print the sweep rows as one JSON line")
     add_cluster_args(p, job_name="c2p-finetune")
@@ -61,13 +56,8 @@ def build_config(args: argparse.Namespace) -> DownstreamConfig:
         "finetune.task": args.task,
         "finetune.shots": f"[{','.join(map(str, args.shots))}]" if args.shots else None,
         "finetune.seeds": f"[{','.join(map(str, args.seeds))}]" if args.seeds else None,
-        "data.root": args.root,
-        "data.corpus": args.corpus,
-        "encoder.depth_tower": args.depth_tower,
-        "run.name": args.name,
     }
-    overrides = run_flags(args.run) + [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.overrides)
-    return load_config(DownstreamConfig, args.config, overrides)
+    return load_config(DownstreamConfig, args.config, downstream_overrides(args, flags))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
