@@ -46,17 +46,11 @@ class ImageFeatureEncoder:
     def preprocess(self, rgb: np.ndarray):
         """uint8 ``[V,H,W,3]`` → float ``[V,3,S,S]`` CLIP-normalised at the tower's size S."""
         import torch
-        import torch.nn.functional as F
 
-        from c2p.render import CLIP_MEAN, CLIP_STD
+        from c2p.render import normalize_rgb
 
         x = torch.from_numpy(np.array(rgb, copy=True))  # Ray hands read-only views of the object store
-        x = x.to(self.device).permute(0, 3, 1, 2).float() / 255.0
-        if x.shape[-1] != self.size or x.shape[-2] != self.size:
-            x = F.interpolate(x, size=(self.size, self.size), mode="bicubic", align_corners=False, antialias=True).clamp_(0, 1)
-        mean = torch.as_tensor(CLIP_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        std = torch.as_tensor(CLIP_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
+        return normalize_rgb(x.to(self.device), self.size)
 
     def encode(self, rgb: np.ndarray) -> np.ndarray:
         """Views of one object, uint8 ``[V,H,W,3]`` → float16 ``[V,D]`` image-tower embeddings."""

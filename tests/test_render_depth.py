@@ -165,3 +165,16 @@ def test_render_depth_pair():
 def test_import_does_not_load_moderngl():
     code = "import sys, c2p.render; c2p.render.render_depth; assert 'moderngl' not in sys.modules, 'moderngl imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_normalize_rgb_is_clip_normalisation_with_optional_resize():
+    from c2p.render import CLIP_MEAN, CLIP_STD, normalize_rgb
+
+    rgb = torch.randint(0, 256, (2, 8, 8, 3), dtype=torch.uint8)
+    x = normalize_rgb(rgb)
+    assert x.shape == (2, 3, 8, 8) and x.dtype == torch.float32
+    expected = (rgb.permute(0, 3, 1, 2).float() / 255 - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(x, expected)
+    assert normalize_rgb(rgb, 4).shape == (2, 3, 4, 4)
+    with pytest.raises(ValueError, match=r"expected \[B,H,W,3\]"):
+        normalize_rgb(rgb[..., 0])

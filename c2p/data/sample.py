@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from c2p.data.npy import decode_npy_cached
-from c2p.render import CLIP_MEAN, CLIP_STD  # one definition of CLIP's normalisation (pure torch, no GL)
+from c2p.render import normalize_rgb  # one definition of CLIP's normalisation (pure torch, no GL)
 from c2p.schema import SampleMeta, decode_image, rgb_member, rgb_views
 
 
@@ -143,8 +143,5 @@ def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
     if "imgfeat" in examples[0]:
         batch["imgfeat"] = torch.from_numpy(np.stack([e["imgfeat"] for e in examples]))
     else:
-        images = torch.from_numpy(np.stack([e["image"] for e in examples])).permute(0, 3, 1, 2).float().div_(255.0)
-        mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(CLIP_STD, dtype=torch.float32).view(1, 3, 1, 1)
-        batch["image"] = images.sub_(mean).div_(std).contiguous()
+        batch["image"] = normalize_rgb(torch.from_numpy(np.stack([e["image"] for e in examples])))
     return batch

@@ -52,24 +52,13 @@ def load_heldout(shard_dir: str | Path, points: int = 1024, seed: int = 0) -> He
     return HeldOut(keys, torch.from_numpy(np.stack(pts)), np.stack(rgbs), torch.from_numpy(np.stack(views)))
 
 
-def _images(rgb: np.ndarray, size: int) -> Tensor:
-    """uint8 [B,H,W,3] → CLIP-normalised float [B,3,size,size]."""
-    from c2p.render import CLIP_MEAN, CLIP_STD
-
-    x = torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 255.0
-    if x.shape[-1] != size:
-        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
-    mean, std = torch.as_tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.as_tensor(CLIP_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
 @torch.no_grad()
 def depth_image_retrieval(data: HeldOut, image_tower: nn.Module, depth_tower: nn.Module, image_size: int, radius: float = 0.02) -> dict:
     """Top-1 depth→image retrieval over the held-out objects, per view and averaged.
 
     ``image_tower``/``depth_tower``: [B,3,S,S] → [B,D]. Returns ``{"top1": float, "per_view": [V floats], "objects": N}``.
     """
-    from c2p.render import normalize_depth, render_depth
+    from c2p.render import normalize_depth, normalize_rgb, render_depth
 
     image_tower.eval()
     depth_tower.eval()
@@ -78,7 +67,7 @@ def depth_image_retrieval(data: HeldOut, image_tower: nn.Module, depth_tower: nn
         elev, azim, dist = data.views[:, v, 0:1], data.views[:, v, 1:2], data.views[:, v, 2:3]  # [N,1] each
         depth = normalize_depth(render_depth(data.points, elev, azim, dist, image_size=image_size, radius=radius))[:, 0]
         f_d = F.normalize(depth_tower(depth).float(), dim=-1)
-        f_i = F.normalize(image_tower(_images(data.rgb[:, v], image_size)).float(), dim=-1)
+        f_i = F.normalize(image_tower(normalize_rgb(torch.from_numpy(data.rgb[:, v]), image_size)).float(), dim=-1)
         hits = (f_d @ f_i.T).argmax(dim=1) == torch.arange(len(f_d))
         per_view.append(hits.float().mean().item())
     return {"top1": float(np.mean(per_view)), "per_view": per_view, "objects": len(data.keys)}

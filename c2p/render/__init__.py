@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from c2p.render.depth import CLIP_MEAN, CLIP_STD, normalize_depth, render_depth, render_depth_pair
+from c2p.render.depth import CLIP_MEAN, CLIP_STD, normalize_depth, normalize_rgb, render_depth, render_depth_pair
 
 if TYPE_CHECKING:  # pragma: no cover
     from c2p.render.mesh import MeshRenderer
@@ -19,6 +19,7 @@ __all__ = [
     "CLIP_STD",
     "render_depth",
     "normalize_depth",
+    "normalize_rgb",
     "render_depth_pair",
     "RenderError",
     "MeshRenderer",

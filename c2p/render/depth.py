@@ -25,7 +25,7 @@ import torch
 
 from c2p.camera import look_at_view_transform
 
-__all__ = ["CLIP_MEAN", "CLIP_STD", "render_depth", "normalize_depth", "render_depth_pair"]
+__all__ = ["CLIP_MEAN", "CLIP_STD", "render_depth", "normalize_depth", "normalize_rgb", "render_depth_pair"]
 
 #: CLIP's image normalisation (OpenAI CLIP, also open_clip's OPENAI_DATASET_MEAN/STD).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -137,6 +137,22 @@ def render_depth(points: torch.Tensor, elev: Angles, azim: Angles, dist: Angles 
     if not out:  # no objects
         return torch.full((0, nv, image_size, image_size), -1.0, device=device)
     return out[0] if len(out) == 1 else torch.cat(out, dim=0)
+
+
+def normalize_rgb(rgb: torch.Tensor, size: int | None = None) -> torch.Tensor:
+    """RGB renders uint8 ``[B,H,W,3]`` -> CLIP-normalised float32 ``[B,3,S,S]`` on ``rgb.device``.
+
+    Resized (bicubic, antialiased, clamped to [0, 1]) to ``size`` when given and different, as
+    the image tower's input; then ``(x/255 - CLIP_MEAN) / CLIP_STD``.
+    """
+    if rgb.dim() != 4 or rgb.shape[-1] != 3:
+        raise ValueError(f"normalize_rgb: rgb has shape {tuple(rgb.shape)}, expected [B,H,W,3]")
+    x = rgb.permute(0, 3, 1, 2).float().div_(255.0)
+    if size is not None and tuple(x.shape[-2:]) != (size, size):
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp_(0, 1)
+    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    return x.sub_(mean).div_(std).contiguous()
 
 
 def normalize_depth(zbuf: torch.Tensor) -> torch.Tensor:
