@@ -240,7 +240,8 @@ class ShardIndex:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through ``path.tmp`` + fsync + rename: readers see all or nothing."""
+    """Write ``data`` to ``path`` through ``path.tmp`` + fsync + rename + fsync of the folder:
+    after a crash the file is either the old or the new one, never torn."""
     path = Path(path)
     tmp = path.with_name(path.name + TMP_SUFFIX)
     with open(tmp, "wb") as f:
@@ -248,6 +249,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)  # the rename itself is durable only once the folder is synced
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class ShardWriter:

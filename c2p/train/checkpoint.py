@@ -31,6 +31,7 @@ from typing import Callable
 import torch
 
 from c2p.config.core import config_diff
+from c2p.schema import atomic_write_bytes
 
 log = logging.getLogger("c2p.train")
 
@@ -92,23 +93,9 @@ class ResumeTarget:
     universal: bool
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _atomic_write_text(path: Path, text: str) -> None:
     """tmp + fsync + rename + fsync(dir): after a crash the file is either old or new, never torn."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    atomic_write_bytes(path, text.encode())
 
 
 def _read_commit(tag_dir: Path) -> dict | None:

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from c2p.schema import atomic_write_bytes
+
 log = logging.getLogger("c2p.train")
 
 __all__ = ["MetricsLogger", "truncate_metrics"]
@@ -31,9 +33,7 @@ def truncate_metrics(path: Path, last_step: int) -> None:
                 keep.append(line)
         except json.JSONDecodeError:  # a line cut by the crash
             continue
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(k + "\n" for k in keep))
-    tmp.replace(path)
+    atomic_write_bytes(path, "".join(k + "\n" for k in keep).encode())
 
 
 class MetricsLogger:
