@@ -158,7 +158,7 @@ def _pretrain(d: Demo, name: str, intra: bool) -> None:
     d.sh("pretrain", d.py("launch/pretrain.py", "--config", REPO / "configs" / "demo" / "pretrain.yaml", "--cluster", "local",
                           "--tasks-per-node", p.ranks, f"run.dir={d.dir}", f"run.name={name}", f"run.seed={d.cfg.run.seed}",
                           f"data.shards=[{d.shards('train')}]", f"data.points={p.points}", f"data.image_size={w.image_size}",
-                          f"depth.image_size={w.image_size}", f"model.name={d.cfg.clip.model}", f"model.pretrained={d.clip_weights}",
+                          f"depth.image_size={w.image_size}", f"depth.radius={w.depth_radius}", f"model.name={d.cfg.clip.model}", f"model.pretrained={d.clip_weights}",
                           f"train.steps={p.steps}", f"train.batch_size={p.batch_size}", f"train.zero_stage={p.zero_stage}",
                           f"optim.lr={p.lr}", f"loss.intra={str(intra).lower()}"), f"pretrain {name}")
 
@@ -173,7 +173,7 @@ def _downstream_args(d: Demo) -> list[str]:
     w = d.cfg.world
     return ["--config", str(REPO / "configs" / "demo" / "downstream.yaml"), "--root", str(d.world), f"run.dir={d.dir / 'eval'}",
             f"encoder.model={d.cfg.clip.model}", f"encoder.pretrained={d.clip_weights}", f"encoder.image_size={w.image_size}",
-            f"encoder.views={d.cfg.fewshot.views}", f"encoder.cache_dir={d.dir / 'eval' / 'cache'}", f"run.seed={d.cfg.run.seed}"]
+            f"encoder.views={d.cfg.fewshot.views}", f"encoder.radius={w.depth_radius}", f"encoder.cache_dir={d.dir / 'eval' / 'cache'}", f"run.seed={d.cfg.run.seed}"]
 
 
 def stage_zeroshot(d: Demo) -> None:
@@ -212,8 +212,9 @@ def stage_retrieval(d: Demo) -> None:
     data = load_heldout(d.shards("test"), points=d.cfg.pretrain.points, seed=d.cfg.run.seed)
     clip = create_clip(d.cfg.clip.model, str(d.clip_weights))
     size = d.cfg.world.image_size
-    before = depth_image_retrieval(data, clip.visual, clip.visual, size)
-    after = depth_image_retrieval(data, clip.visual, load_visual(d.cfg.clip.model, str(d.tower("c2p"))), size)
+    radius = d.cfg.world.depth_radius
+    before = depth_image_retrieval(data, clip.visual, clip.visual, size, radius)
+    after = depth_image_retrieval(data, clip.visual, load_visual(d.cfg.clip.model, str(d.tower("c2p"))), size, radius)
     d.results["retrieval"] = {"before": before["top1"], "after": after["top1"], "objects": before["objects"]}
     (d.dir / "retrieval.json").write_text(json.dumps({"before": before, "after": after}, indent=1))
 

@@ -16,7 +16,8 @@ order:
 4. optional ``imgfeat.<tag>.npy`` from the feature actors (:mod:`shards.features`);
 5. ``encode_sample`` (the schema's encoders)
    + :class:`~c2p.schema.ShardWriter` (tmp name, fsync, atomic rename) in a per-attempt
-   ``.staging/`` folder, then renamed into the output directory.
+   ``.staging/`` folder, then renamed into the output directory. By default steps 4–5 run in
+   a thread of the task (``job.write_thread``) while steps 1–3 go on with the next object.
 
 Every random draw comes from a generator seeded by :func:`~shards.plan.object_seed`, so
 the same shard renders to the same bytes on every attempt. An object that fails (unreadable
@@ -32,7 +33,9 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -348,6 +351,69 @@ def _maybe_die(fault: dict[str, Any] | None, shard: int, written: int, out: Path
 # ----------------------------------------------------------------------------- one shard
 
 
+class _SampleSink:
+    """Encodes and writes the shard's samples in submission order: in the calling thread, or in
+    one thread of its own while the task loads and renders the next objects.
+
+    ``write_one(item)`` does the work for one item. Unthreaded, items wait in a window of
+    ``depth`` (requested image features arrive meanwhile); threaded, a queue of ``depth`` items
+    bounds the objects held in memory. PNG/zlib encoding and file writes run outside the GIL
+    and llvmpipe rasterises in threads of its own, so the two overlap; the order of the samples,
+    hence the shard's bytes, is the same either way. An exception of the thread is raised in
+    the task at the next ``put`` or at ``close``.
+    """
+
+    def __init__(self, write_one, threaded: bool, depth: int):
+        self._write_one = write_one
+        self._depth = max(1, depth)
+        self._pending: deque = deque()
+        self._error: BaseException | None = None
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+        if threaded:
+            self._queue = queue.Queue(maxsize=self._depth)
+            self._thread = threading.Thread(target=self._run, name="shard-writer", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        assert self._queue is not None
+        while (item := self._queue.get()) is not None:
+            if self._error is None:  # after a failure, drain without writing so put() never blocks
+                try:
+                    self._write_one(item)
+                except BaseException as e:
+                    self._error = e
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def put(self, item: Any, window: int | None = None) -> None:
+        if self._queue is None:
+            self._pending.append(item)
+            while len(self._pending) > (self._depth if window is None else window):
+                self._write_one(self._pending.popleft())
+            return
+        self._raise()
+        self._queue.put(item)
+
+    def close(self) -> None:
+        """Write everything still queued; raises the thread's exception, if any."""
+        if self._queue is None:
+            while self._pending:
+                self._write_one(self._pending.popleft())
+            return
+        self.stop()
+        self._raise()
+
+    def stop(self) -> None:
+        """End the thread after the queued items (no-op unthreaded or when already stopped)."""
+        if self._thread is not None and self._thread.is_alive():
+            assert self._queue is not None
+            self._queue.put(None)
+            self._thread.join()
+
+
 def render_shard(spec: ShardSpec, cfg: RenderJobConfig, fingerprint: str, *, feature_actors: list | None = None,
                  device_index: int | None = None, fault: str = "") -> ShardResult:
     """Render shard ``spec`` into ``<cfg.out>/<spec.name>`` and its ``parts/`` record.
@@ -355,7 +421,9 @@ def render_shard(spec: ShardSpec, cfg: RenderJobConfig, fingerprint: str, *, fea
     feature_actors: Ray handles of :class:`shards.features.ImageFeatureEncoder` actors (the
     one used is picked by shard index), or None for no ``imgfeat``. device_index: GPU for the
     EGL context (None: the default device, llvmpipe on CPU nodes). fault: see :func:`parse_fault`.
-    Returns the :class:`ShardResult`; raises only for errors that are not the objects' fault.
+    With ``cfg.job.write_thread`` samples are encoded and written by a :class:`_SampleSink`
+    thread while the next objects render. Returns the :class:`ShardResult`; raises only for
+    errors that are not the objects' fault.
     """
     t_start = time.perf_counter()
     out = Path(cfg.out)
@@ -366,58 +434,61 @@ def render_shard(spec: ShardSpec, cfg: RenderJobConfig, fingerprint: str, *, fea
     tag = feature_tag(cfg)
     actor = feature_actors[spec.index % len(feature_actors)] if (feature_actors and tag) else None
     timings = {k: 0.0 for k in ("load", "points", "render", "features", "encode", "write")}
-    errors: list[dict[str, Any]] = []
+    errors: list[tuple[int, dict[str, Any]]] = []  # (position in the shard, record): sorted at the end
     warnings: list[dict[str, Any]] = []
-    pending: deque = deque()  # (RenderedObject, feature ObjectRef | None), in write order
 
     staging = out / STAGING_DIR / f"{spec.index:06d}-{os.getpid()}-{time.time_ns()}"
     staging.mkdir(parents=True)
     writer = ShardWriter(staging / spec.name)
+
+    def write_one(item: tuple[int, RenderedObject, Any]) -> None:
+        pos, obj, ref = item
+        feats = None
+        if ref is not None:
+            import ray
+
+            t = time.perf_counter()
+            feats = {tag: ray.get(ref)}
+            timings["features"] += time.perf_counter() - t
+        t = time.perf_counter()
+        try:
+            sample = encode_object(obj, feats, cfg.views.image_format)
+        except ValueError as e:
+            errors.append((pos, error_record(obj.meta.corpus, obj.meta.uid, obj.meta.source, "encode", "ValueError", str(e))))
+            return
+        t2 = time.perf_counter()
+        writer.write(sample)
+        warnings.extend(error_record(obj.meta.corpus, obj.meta.uid, obj.meta.source, "render", "Fallback", w)
+                        for w in obj.warnings)
+        timings["encode"] += t2 - t
+        timings["write"] += time.perf_counter() - t2
+        _maybe_die(fault_cfg, spec.index, writer.count, out)
+
+    # Feature requests in flight: enough to keep a feature actor busy while the next object
+    # renders; without features the thread needs one object queued behind the one it encodes.
+    sink = _SampleSink(write_one, threaded=cfg.job.write_thread, depth=FEATURE_WINDOW if actor is not None else 2)
     try:
-        def flush(limit: int) -> None:
-            while len(pending) > limit:
-                obj, ref = pending.popleft()
-                feats = None
-                if ref is not None:
-                    import ray
-
-                    t = time.perf_counter()
-                    feats = {tag: ray.get(ref)}
-                    timings["features"] += time.perf_counter() - t
-                t = time.perf_counter()
-                try:
-                    sample = encode_object(obj, feats, cfg.views.image_format)
-                except ValueError as e:
-                    errors.append(error_record(obj.meta.corpus, obj.meta.uid, obj.meta.source, "encode", "ValueError", str(e)))
-                    continue
-                t2 = time.perf_counter()
-                writer.write(sample)
-                warnings.extend(error_record(obj.meta.corpus, obj.meta.uid, obj.meta.source, "render", "Fallback", w)
-                                for w in obj.warnings)
-                timings["encode"] += t2 - t
-                timings["write"] += time.perf_counter() - t2
-                _maybe_die(fault_cfg, spec.index, writer.count, out)
-
-        for ref in spec.refs:
+        for pos, ref in enumerate(spec.refs):
             try:
                 obj = render_object(ref, cfg, view_angles, device_index, timings)
             except ObjectFailure as f:
-                errors.append(error_record(ref.corpus, ref.uid, ref.source, f.stage, f.error, f.reason))
+                errors.append((pos, error_record(ref.corpus, ref.uid, ref.source, f.stage, f.error, f.reason)))
                 continue
             feature_ref = actor.encode.remote(obj.rgb) if (actor is not None and obj.rgb is not None) else None
-            pending.append((obj, feature_ref))
-            flush(FEATURE_WINDOW if actor is not None else 0)
-        flush(0)
+            sink.put((pos, obj, feature_ref), window=None if actor is not None else 0)
+        sink.close()
         t = time.perf_counter()
         writer.close()
         os.replace(staging / spec.name, out / spec.name)
     except BaseException:
+        sink.stop()
         writer.abort()
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     size = (out / spec.name).stat().st_size
-    result = ShardResult(spec.index, spec.name, fingerprint, writer.count, size, errors, warnings)
+    records = [rec for _, rec in sorted(errors, key=lambda e: e[0])]
+    result = ShardResult(spec.index, spec.name, fingerprint, writer.count, size, records, warnings)
     part_path(out, spec.name).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(part_path(out, spec.name), json.dumps(result.part_record(), indent=1, sort_keys=True).encode())
     timings["write"] += time.perf_counter() - t

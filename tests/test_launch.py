@@ -175,3 +175,13 @@ def test_pretrain_cluster_local_two_ranks_then_export(tmp_path, tiny_shards):
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (out / "depth_tower.safetensors").is_file() and r.stdout.strip().endswith("depth_tower.safetensors")
+
+    # The export records the depth maps it learnt from; evaluation at another radius is warned about.
+    from c2p.eval.features import ViewSetting, pretraining_depth, warn_depth_mismatch
+
+    tower = out / "depth_tower.safetensors"
+    assert pretraining_depth(tower) == {"image_size": 32, "radius": 0.04, "dist": 1.0}
+    assert json.loads((out / "depth_tower.json").read_text())["depth"]["radius"] == 0.04
+    assert warn_depth_mismatch(tower, ViewSetting(views="10", image_size=32, radius=0.04, dist=1.0)) == []
+    notes = warn_depth_mismatch(tower, ViewSetting(views="10", image_size=32, radius=0.02, dist=1.0))
+    assert len(notes) == 1 and "encoder.radius=0.02" in notes[0] and "depth.radius=0.04" in notes[0]

@@ -162,6 +162,23 @@ def test_render_depth_pair():
     assert torch.equal(still[:, 0], plain[:, 0]) and torch.equal(still[:, 1], plain[:, 0])
 
 
+def test_render_depth_pair_point_subsets_and_angle_jitter():
+    pts = torch.stack([_cloud(400, 7), _cloud(400, 8)])
+    elev, azim = torch.tensor([0.0, 30.0]), torch.tensor([90.0, -45.0])
+    gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    sub = render_depth_pair(pts, elev, azim, 1.0, jitter=0.0, image_size=32, generator=gen(), point_keep=0.5)
+    assert sub.shape == (2, 2, 3, 32, 32) and not torch.equal(sub[:, 0], sub[:, 1])  # two samplings of one cloud
+    assert torch.equal(sub, render_depth_pair(pts, elev, azim, 1.0, jitter=0.0, image_size=32, generator=gen(), point_keep=0.5))
+    # each image is exactly the render of 200 of the object's points: fewer covered pixels than all 400
+    full = normalize_depth(render_depth(pts, elev[:, None], azim[:, None], 1.0, image_size=32))
+    covered = lambda x: (x[:, 0] < 1.0).sum()  # noqa: E731 - background normalises to 1
+    assert all(covered(sub[i, k]) < covered(full[i]) for i in range(2) for k in range(2))
+    turned = render_depth_pair(pts, elev, azim, 1.0, jitter=0.0, image_size=32, generator=gen(), angle_jitter=20.0)
+    assert not torch.equal(turned[:, 0], turned[:, 1]) and not torch.equal(turned[:, 0], full[:, 0])
+    with pytest.raises(ValueError, match="point_keep"):
+        render_depth_pair(pts, elev, azim, point_keep=0.0)
+
+
 def test_import_does_not_load_moderngl():
     code = "import sys, c2p.render; c2p.render.render_depth; assert 'moderngl' not in sys.modules, 'moderngl imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

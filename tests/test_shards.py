@@ -223,12 +223,41 @@ def test_render_shard_is_byte_identical_across_attempts(corpus, tmp_path):
     plan = make_plan(cfg, refs, errors, c.labels)
     spec = plan.shards[0]
     hashes = []
-    for out in (tmp_path / "a", tmp_path / "b"):
+    # a and b: the default (samples encoded and written by the task's writer thread); c: in line.
+    for out, threaded in ((tmp_path / "a", True), (tmp_path / "b", True), (tmp_path / "c", False)):
         out.mkdir()
-        res = render_shard(spec, replace(cfg, out=str(out)), plan.fingerprint)
-        assert res.samples == len(spec.refs) - len(res.errors)
+        res = render_shard(spec, replace(cfg, out=str(out), job=replace(cfg.job, write_thread=threaded)), plan.fingerprint)
+        assert res.samples == len(spec.refs) - len(res.errors) > 0
         hashes.append(_sha(out / spec.name))
-    assert hashes[0] == hashes[1]
+        assert (out / "parts" / (Path(spec.name).stem + ".json")).exists()
+    assert hashes[0] == hashes[1] == hashes[2]
+    assert (tmp_path / "a" / "parts" / "shard-000000.json").read_bytes() == (tmp_path / "c" / "parts" / "shard-000000.json").read_bytes()
+
+
+def test_writer_thread_error_fails_the_shard_and_leaves_nothing(corpus, tmp_path, monkeypatch):
+    """A write error in the writer thread (a full disk) reaches the task: no shard, no parts record, no staging."""
+    from c2p.schema import ShardWriter
+    from shards.task import render_shard
+
+    cfg = _cfg(corpus, tmp_path / "out")
+    c = open_corpus("synthetic", corpus)
+    refs, errors = c.list()
+    plan = make_plan(cfg, refs, errors, c.labels)
+    spec = plan.shards[-1]
+    real_write = ShardWriter.write
+
+    def failing_write(self, sample):
+        if self.count >= 1:
+            raise OSError(28, "No space left on device (injected)")
+        return real_write(self, sample)
+
+    monkeypatch.setattr(ShardWriter, "write", failing_write)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(OSError, match="No space left"):
+        render_shard(spec, cfg, plan.fingerprint)
+    assert not (tmp_path / "out" / spec.name).exists()
+    assert not list((tmp_path / "out").glob("parts/*")) and not list((tmp_path / "out").rglob("*.tmp"))
+    assert not list((tmp_path / "out").glob(".staging/*"))
 
 
 # ----------------------------------------------------------------------------- the Ray job

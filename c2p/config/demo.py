@@ -21,6 +21,7 @@ class WorldConfig:
     image_size: int = option(64, "RGB render and depth map size", ge=16)
     shard_size: int = option(64, "objects per shard", ge=1)
     points: int = option(2048, "points stored per object", ge=64)
+    depth_radius: float = option(0.03, "point radius (NDC) of every depth map: pre-training, evaluation and retrieval alike", gt=0.0)
 
 
 @dataclass

@@ -48,6 +48,8 @@ class DepthConfig:
     radius: float = option(0.02, "point radius in NDC units", gt=0.0)
     dist: float = option(1.0, "camera distance of the RGB views", gt=0.0)
     dist_jitter: float = option(0.1, "augmented depth distance d*(1+U(-j, j))", ge=0.0, le=0.9)
+    point_keep: float = option(1.0, "fraction of the points each depth image of the pair renders, drawn independently (1: the original, both from the same points)", gt=0.0, le=1.0)
+    angle_jitter: float = option(0.0, "U(-j, j) degrees added to each depth image's elevation and azimuth (0: the original)", ge=0.0, le=45.0)
 
 
 @dataclass

@@ -49,6 +49,7 @@ class JobConfig:
     num_gpus: float = option(0.0, "GPUs per Ray render task / feature actor", ge=0.0)
     max_retries: int = option(3, "Ray retries of a shard task (dead worker or transient error)", ge=0)
     max_in_flight: int = option(0, "shard tasks submitted at once (0: 2x cluster CPUs)", ge=0)
+    write_thread: bool = option(True, "encode and write each sample in a thread of the task while the next object loads and renders (same bytes)")
     previews: int = option(4, "objects in previews/ contact sheets", ge=0)
     overwrite: bool = option(False, "start over when the output exists with other settings")
     progress: bool = option(True, "show a progress bar (objects/s, ETA) on stderr")

@@ -198,15 +198,22 @@ def render_depth_pair(
     image_size: int = 224,
     radius: float = 0.02,
     generator: Optional[torch.Generator] = None,
+    point_keep: float = 1.0,
+    angle_jitter: float = 0.0,
 ) -> torch.Tensor:
     """Two augmented depth images of one view per object (CLIP2Point's intra-modality pair).
 
     points: ``[B,N,3]``; elev, azim: ``[B]`` degrees (the view of the paired RGB image); dist: ``[B]``
     or float. Each of the two images uses distance ``d * (1 + U(-jitter, jitter))`` (independent draws).
+    The original stops there (``point_keep=1``, ``angle_jitter=0``). Optional, also independent per
+    image: ``point_keep`` < 1 renders a random subset of ``round(point_keep·N)`` points (two
+    samplings of one surface), ``angle_jitter`` adds U(-j, j) degrees to elev and azim.
     generator: optional torch.Generator for the draws (on any device; results move to points.device).
     Returns ``[B,2,3,S,S]`` normalised images (see :func:`normalize_depth`) on points.device.
     """
-    b = points.shape[0]
+    if not 0.0 < point_keep <= 1.0 or angle_jitter < 0.0:
+        raise ValueError(f"render_depth_pair: point_keep={point_keep}, angle_jitter={angle_jitter}; expected (0, 1] and >= 0")
+    b, n = points.shape[0], points.shape[1]
     device = points.device
     e = torch.as_tensor(elev, dtype=torch.float32).to(device).reshape(-1)
     a = torch.as_tensor(azim, dtype=torch.float32).to(device).reshape(-1)
@@ -218,5 +225,16 @@ def render_depth_pair(
     gen_device = generator.device if generator is not None else device
     u = torch.rand((b, 2), generator=generator, device=gen_device).to(device)
     d2 = d[:, None] * (1.0 + (2.0 * u - 1.0) * jitter)
-    zbuf = render_depth(points, e[:, None].expand(b, 2), a[:, None].expand(b, 2), d2, image_size=image_size, radius=radius)
+    e2, a2 = e[:, None].expand(b, 2), a[:, None].expand(b, 2)
+    if angle_jitter > 0.0:
+        da = (2.0 * torch.rand((2, b, 2), generator=generator, device=gen_device) - 1.0).to(device) * angle_jitter
+        e2, a2 = e2 + da[0], a2 + da[1]
+    keep = max(1, round(point_keep * n))
+    if keep == n:  # the original: both images from the same points, one raster call
+        zbuf = render_depth(points, e2, a2, d2, image_size=image_size, radius=radius)
+    else:  # each image from its own subset: 2B clouds of one view each
+        order = torch.rand((b, 2, n), generator=generator, device=gen_device).argsort(dim=-1)[..., :keep].to(device)
+        subsets = torch.gather(points[:, None].expand(b, 2, n, 3), 2, order[..., None].expand(b, 2, keep, 3))
+        zbuf = render_depth(subsets.reshape(2 * b, keep, 3), e2.reshape(-1, 1), a2.reshape(-1, 1), d2.reshape(-1, 1),
+                            image_size=image_size, radius=radius).view(b, 2, image_size, image_size)
     return normalize_depth(zbuf)

@@ -392,10 +392,13 @@ def export_depth_tower(tag_dir: str | Path, out_dir: str | Path, build_model: Ca
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "depth_tower.safetensors"
     tmp = out_dir / ".depth_tower.safetensors.tmp"
-    save_file(tower, str(tmp), metadata={"model": str(meta["signature"].get("model")), "step": str(meta["step"])})
+    # The depth maps it learnt from: evaluation warns when it renders others (another point radius).
+    depth = {k: meta["config"].get("depth", {}).get(k) for k in ("image_size", "radius", "dist")}
+    save_file(tower, str(tmp), metadata={"model": str(meta["signature"].get("model")), "step": str(meta["step"]),
+                                         "depth": json.dumps(depth)})
     os.replace(tmp, path)
     info = {"model": meta["signature"].get("model"), "embed_dim": meta["signature"].get("embed_dim"),
-            "image_size": meta["signature"].get("image_size"), "step": meta["step"], "tag": meta["tag"],
+            "image_size": meta["signature"].get("image_size"), "depth": depth, "step": meta["step"], "tag": meta["tag"],
             "config_hash": meta["config_hash"], "source": str(tag_dir.resolve()), "file": path.name}
     _atomic_write_text(out_dir / "depth_tower.json", json.dumps(info, indent=1))
     log.info("exported depth tower of %s to %s", tag_dir, path)

@@ -96,7 +96,8 @@ def _micro_step(engine, image_tower, batch: dict, cfg: PretrainConfig, gen: torc
 
     points, view = batch["points"].to(device, non_blocking=True), batch["view"].to(device)
     depth = render_depth_pair(points, view[:, 0], view[:, 1], view[:, 2], jitter=cfg.depth.dist_jitter,
-                              image_size=cfg.depth.image_size, radius=cfg.depth.radius, generator=gen)
+                              image_size=cfg.depth.image_size, radius=cfg.depth.radius, generator=gen,
+                              point_keep=cfg.depth.point_keep, angle_jitter=cfg.depth.angle_jitter)
     if "imgfeat" in batch:  # precomputed at shard time: the frozen image tower is skipped
         feat = batch["imgfeat"].to(device, dtype)
     else:
