@@ -79,6 +79,18 @@ def load_mesh_file(path: Path, bound: Path, file_type: str | None = None):
     import trimesh
 
     require_file(path)
+    if (file_type or path.suffix.lstrip(".")).lower() == "obj":
+        # Vectorised OBJ reader, identical output to the trimesh call below (c2p/corpora/objfast.py);
+        # None (file outside its fast path) or any error -> trimesh decides, errors included.
+        from c2p.corpora.objfast import load_obj_fast
+
+        try:
+            mesh = load_obj_fast(path, BoundedResolver(str(path), bound))
+        except Exception as exc:
+            log.debug("%s: fast OBJ reader failed (%s: %s), using trimesh", path, type(exc).__name__, exc)
+            mesh = None
+        if mesh is not None:
+            return check_mesh(path, mesh)
     try:
         mesh = trimesh.load(str(path), file_type=file_type, resolver=BoundedResolver(str(path), bound), process=False)
     except Exception as exc:
