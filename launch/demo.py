@@ -157,7 +157,7 @@ def _pretrain(d: Demo, name: str, intra: bool) -> None:
     p, w = d.cfg.pretrain, d.cfg.world
     d.sh("pretrain", d.py("launch/pretrain.py", "--config", REPO / "configs" / "demo" / "pretrain.yaml", "--cluster", "local",
                           "--tasks-per-node", p.ranks, f"run.dir={d.dir}", f"run.name={name}", f"run.seed={d.cfg.run.seed}",
-                          f"data.shards=[{d.shards('train')}]", f"data.points={p.points}", f"data.image_size={w.image_size}",
+                          f"data.shards=[{d.shards('train')}]", f"data.points={p.loaded_points}", f"depth.point_keep={p.point_keep}", f"data.image_size={w.image_size}",
                           f"depth.image_size={w.image_size}", f"depth.radius={w.depth_radius}", f"model.name={d.cfg.clip.model}", f"model.pretrained={d.clip_weights}",
                           f"train.steps={p.steps}", f"train.batch_size={p.batch_size}", f"train.zero_stage={p.zero_stage}",
                           f"optim.lr={p.lr}", f"loss.intra={str(intra).lower()}"), f"pretrain {name}")

@@ -65,3 +65,7 @@ def test_demo_refuses_a_bad_config_before_writing(tmp_path):
     assert bad.returncode == 2
     assert "fewshot.shots" in bad.stderr and "world.per_class" in bad.stderr
     assert not (tmp_path / "bad").exists()
+    sparse = _demo(tmp_path, "sparse", "pretrain.point_keep=0.25")  # 256 / 0.25 = 1024 points > the 512 stored
+    assert sparse.returncode == 2
+    assert "pretrain.point_keep" in sparse.stderr and "512" in sparse.stderr
+    assert not (tmp_path / "sparse").exists()

@@ -40,8 +40,15 @@ class PretrainStageConfig:
     lr: float = option(1e-3, "peak learning rate", gt=0.0)
     ranks: int = option(2, "local DeepSpeed ranks", ge=1)
     zero_stage: int = option(2, "DeepSpeed ZeRO stage", choices=[0, 1, 2, 3])
-    points: int = option(1024, "points per object per step", ge=64)
+    points: int = option(1024, "points in each depth map (as many as evaluation renders)", ge=64)
+    point_keep: float = option(0.5, "each depth map of the intra-modality pair renders its own sample of `points` "
+                               "out of points / point_keep loaded per object (1: the original, one sample for both)", gt=0.0, le=1.0)
     ablation: bool = option(True, "also pre-train without the intra-modality term (the paper's ablation)")
+
+    @property
+    def loaded_points(self) -> int:
+        """Points loaded per object per step (``data.points`` of the pre-training run)."""
+        return round(self.points / self.point_keep)
 
 
 @dataclass
@@ -65,5 +72,9 @@ class DemoConfig:
 
         if self.world.classes > len(SYNTHETIC_CLASSES):
             raise ConfigError("world.classes", self.world.classes, f"at most {len(SYNTHETIC_CLASSES)} (the synthetic classes)")
+        if self.pretrain.loaded_points > self.world.points:
+            raise ConfigError("pretrain.point_keep", self.pretrain.point_keep,
+                              f"at least pretrain.points / world.points = {self.pretrain.points / self.world.points:.3g} "
+                              f"(each object stores {self.world.points} points)")
         if max(self.fewshot.shots) > self.world.per_class:
             raise ConfigError("fewshot.shots", self.fewshot.shots, f"K <= world.per_class ({self.world.per_class})")
