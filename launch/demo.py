@@ -230,10 +230,10 @@ STAGES = [
     Stage("world", "synthetic corpus", 5, stage_world),
     Stage("render", "Ray → WebDataset shards", 20, stage_render),
     Stage("clip", "small CLIP, open_clip_train", 200, stage_clip),
-    Stage("pretrain", "CLIP2Point, DeepSpeed x2 ranks", 185, stage_pretrain),
-    Stage("zeroshot", "zero-shot on held-out objects", 20, stage_zeroshot),
-    Stage("fewshot", "GDPA few-shot sweep", 45, stage_fewshot),
-    Stage("retrieval", "depth→image retrieval", 5, stage_retrieval),
+    Stage("pretrain", "CLIP2Point, DeepSpeed x2 ranks", 210, stage_pretrain),
+    Stage("zeroshot", "zero-shot on held-out objects", 23, stage_zeroshot),
+    Stage("fewshot", "GDPA few-shot sweep", 50, stage_fewshot),
+    Stage("retrieval", "depth→image retrieval", 9, stage_retrieval),
     Stage("report", "table, claims, plots", 3, stage_report),
 ]
 

@@ -360,7 +360,8 @@ class _SampleSink:
     bounds the objects held in memory. PNG/zlib encoding and file writes run outside the GIL
     and llvmpipe rasterises in threads of its own, so the two overlap; the order of the samples,
     hence the shard's bytes, is the same either way. An exception of the thread is raised in
-    the task at the next ``put`` or at ``close``.
+    the task at the next ``put`` or at ``close``. Measured with ``bench_shards.py`` (10k-triangle
+    meshes, 2 cores): 1.07x objects/s on 1 worker, 1.02x on 2 (no idle core left to overlap on).
     """
 
     def __init__(self, write_one, threaded: bool, depth: int):
