@@ -11,9 +11,10 @@ that. Per run:
   everything but starting Ray; previews off);
 - ``outside_rendering``: 1 - render / (W x wall), with render the tasks' summed
   ``MeshRenderer.render`` time: the share of worker time spent on anything else (loading,
-  point sampling, PNG encoding, writing, scheduling, the driver). Target < 0.15.
+  point sampling, PNG encoding, writing, scheduling, the driver);
 - ``outside_object_work``: the same with loading and point sampling counted as work, so
-  what remains is only encoding, writing, scheduling and the driver;
+  what remains is encoding, writing, scheduling and the driver: the overhead the render-job
+  issue bounds (target < 0.15);
 - ``share_of_worker_time``: each stage's share (the rest, ``other``, is Ray scheduling, worker
   idle time and the driver).
 
@@ -149,7 +150,7 @@ def main() -> None:
             "workers_1": results[1],
             "workers_2": results[2],
             "speedup_2_vs_1": results[2]["thread"]["objects_per_s"] / results[1]["thread"]["objects_per_s"],
-            "outside_rendering_target": 0.15,
+            "target_outside_object_work": 0.15,
             "outside_object_work_met": {w: {m: results[w][m]["outside_object_work"] < 0.15 for m in ("thread", "inline")} for w in (1, 2)},
             "outside_rendering_met": {w: {m: results[w][m]["outside_rendering"] < 0.15 for m in ("thread", "inline")} for w in (1, 2)},
         }
