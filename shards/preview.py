@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from c2p.schema import SampleMeta, ShardIndex, decode_image, rgb_views
+from c2p.schema import SampleMeta, ShardIndex, decode_image, rgb_member, rgb_views
 
 
 def read_samples(shard: str | Path, limit: int) -> list[dict[str, bytes]]:
@@ -68,7 +68,7 @@ def write_previews(out: str | Path, index: ShardIndex, count: int, per_sheet: in
         rgb, depth, titles = [], [], []
         for s in chunk:
             views = rgb_views(s)
-            rgb.append(np.stack([decode_image(s[next(k for k in s if k.startswith(f"rgb.{v}."))]) for v in views]))
+            rgb.append(np.stack([decode_image(s[rgb_member(s, v)]) for v in views]))
             meta = SampleMeta.from_json(s["meta.json"])
             if all(f"depth.{v}.png" in s for v in views):
                 mm = np.stack([decode_image(s[f"depth.{v}.png"]).astype(np.float32) for v in views])
