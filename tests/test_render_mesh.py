@@ -250,3 +250,16 @@ def test_contact_sheet(tmp_path, renderer):
     assert (arr < 250).any()
     with pytest.raises(ValueError, match="titles"):
         write_contact_sheet(tmp_path / "x.png", [rgb], None, ["a", "b"])
+
+
+def test_torch_compiler_imports_after_rendering():
+    """A fresh process renders, then imports torch._dynamo (as torchvision and open_clip do):
+    Mesa's LLVM loaded first used to segfault it (exit -11)."""
+    import subprocess
+    import sys
+
+    code = ("import numpy as np, trimesh\nfrom c2p.render import MeshRenderer\n"
+            "MeshRenderer(image_size=16).render(trimesh.creation.box(), np.zeros(1), np.zeros(1), 1.0)\n"
+            "import torch._dynamo\nprint('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stderr[-2000:])

@@ -137,6 +137,22 @@ class _Part:
 # ---------------------------------------------------------------- EGL device choice
 
 
+def _load_torch_compiler_first() -> None:
+    """Import ``torch._dynamo`` (and the LLVM its compiler stack brings) before Mesa's is loaded.
+
+    In the other order a process segfaults as soon as it imports torch._dynamo after rendering
+    (torchvision and open_clip import it: a render test followed by open_clip_train in one pytest
+    process, or a notebook that renders and then evaluates); loaded first, both coexist.
+    About 1 s, once per process, and nothing when torchvision was already imported.
+    """
+    try:
+        import torch._dynamo  # noqa: F401
+    except ImportError:  # no torch compiler stack here: nothing to collide with
+        pass
+
+
+
+
 def _egl_devices_cuda_ordinals() -> list[Optional[int]]:
     """For each EGL device (eglQueryDevicesEXT order, glcontext's device_index), its CUDA ordinal or None."""
     name = ctypes.util.find_library("EGL") or "libEGL.so.1"
@@ -395,6 +411,7 @@ class MeshRenderer:
         self.image_size = int(image_size)
         self.last_warnings: list[str] = []
         egl_index = select_egl_device(device_index)
+        _load_torch_compiler_first()
         try:
             import moderngl
 
