@@ -355,9 +355,9 @@ class _SampleSink:
     """Encodes and writes the shard's samples in submission order: in the calling thread, or in
     one thread of its own while the task loads and renders the next objects.
 
-    ``write_one(item)`` does the work for one item. Unthreaded, items wait in a window of
-    ``depth`` (requested image features arrive meanwhile); threaded, a queue of ``depth`` items
-    bounds the objects held in memory. PNG/zlib encoding and file writes run outside the GIL
+    ``write_one(item)`` does the work for one item. Unthreaded, up to ``depth`` items wait
+    (requested image features arrive meanwhile; 0: each is written at once); threaded, a queue
+    of ``depth`` items bounds the objects held in memory. PNG/zlib encoding and file writes run outside the GIL
     and llvmpipe rasterises in threads of its own, so the two overlap; the order of the samples,
     hence the shard's bytes, is the same either way. An exception of the thread is raised in
     the task at the next ``put`` or at ``close``. Measured with ``bench_shards.py`` (10k-triangle
@@ -366,13 +366,13 @@ class _SampleSink:
 
     def __init__(self, write_one, threaded: bool, depth: int):
         self._write_one = write_one
-        self._depth = max(1, depth)
+        self._depth = depth
         self._pending: deque = deque()
         self._error: BaseException | None = None
         self._queue: queue.Queue | None = None
         self._thread: threading.Thread | None = None
         if threaded:
-            self._queue = queue.Queue(maxsize=self._depth)
+            self._queue = queue.Queue(maxsize=max(1, depth))
             self._thread = threading.Thread(target=self._run, name="shard-writer", daemon=True)
             self._thread.start()
 
@@ -389,10 +389,10 @@ class _SampleSink:
         if self._error is not None:
             raise self._error
 
-    def put(self, item: Any, window: int | None = None) -> None:
+    def put(self, item: Any) -> None:
         if self._queue is None:
             self._pending.append(item)
-            while len(self._pending) > (self._depth if window is None else window):
+            while len(self._pending) > self._depth:
                 self._write_one(self._pending.popleft())
             return
         self._raise()
@@ -466,8 +466,10 @@ def render_shard(spec: ShardSpec, cfg: RenderJobConfig, fingerprint: str, *, fea
         _maybe_die(fault_cfg, spec.index, writer.count, out)
 
     # Feature requests in flight: enough to keep a feature actor busy while the next object
-    # renders; without features the thread needs one object queued behind the one it encodes.
-    sink = _SampleSink(write_one, threaded=cfg.job.write_thread, depth=FEATURE_WINDOW if actor is not None else 2)
+    # renders; without features the thread needs one object queued behind the one it encodes,
+    # and in line each object is written at once.
+    held = FEATURE_WINDOW if actor is not None else 2 if cfg.job.write_thread else 0
+    sink = _SampleSink(write_one, threaded=cfg.job.write_thread, depth=held)
     try:
         for pos, ref in enumerate(spec.refs):
             try:
@@ -476,7 +478,7 @@ def render_shard(spec: ShardSpec, cfg: RenderJobConfig, fingerprint: str, *, fea
                 errors.append((pos, error_record(ref.corpus, ref.uid, ref.source, f.stage, f.error, f.reason)))
                 continue
             feature_ref = actor.encode.remote(obj.rgb) if (actor is not None and obj.rgb is not None) else None
-            sink.put((pos, obj, feature_ref), window=None if actor is not None else 0)
+            sink.put((pos, obj, feature_ref))
         sink.close()
         t = time.perf_counter()
         writer.close()
