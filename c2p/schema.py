@@ -239,12 +239,13 @@ class ShardIndex:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+def atomic_write_bytes(path: str | Path, data: bytes, mode: int = 0o666) -> None:
     """Write ``data`` to ``path`` through ``path.tmp`` + fsync + rename + fsync of the folder:
-    after a crash the file is either the old or the new one, never torn."""
+    after a crash the file is either the old or the new one, never torn. ``mode``: permissions
+    of a new file (less the umask), e.g. 0o600 for a secret."""
     path = Path(path)
     tmp = path.with_name(path.name + TMP_SUFFIX)
-    with open(tmp, "wb") as f:
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())

@@ -456,15 +456,6 @@ def check_request(opts: ClusterOptions, *, array_size: int | None = None) -> Non
 # ----------------------------------------------------------------------------- submission
 
 
-def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write ``text`` under a temporary name, then rename: readers never see half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def submit(
     task: Callable[[], Any],
     opts: ClusterOptions,
@@ -497,7 +488,9 @@ def submit(
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         if config_text is not None:
-            _write_atomic(run_dir / "config.yaml", config_text)
+            from c2p.schema import atomic_write_bytes
+
+            atomic_write_bytes(run_dir / "config.yaml", config_text.encode(), mode=0o644)
         job = make_executor(opts, folder).submit(task)
     except BaseException as e:
         if created:
@@ -803,6 +796,8 @@ class RayClusterTask:
     def __call__(self) -> Any:
         import submitit
 
+        from c2p.schema import atomic_write_bytes
+
         job = submitit.JobEnvironment()
         rank, ntasks = job.global_rank, job.num_tasks
         state = Path(self.state_dir) / str(job.job_id)
@@ -819,7 +814,7 @@ class RayClusterTask:
                 address = f"{host_ip}:{port}"
                 self._wait_port(host_ip, port, proc)
                 # head.json holds the cluster's secret: readable by the owner only.
-                _write_atomic(state / "head.json", json.dumps({"address": address, "token": secret}), mode=0o600)
+                atomic_write_bytes(state / "head.json", json.dumps({"address": address, "token": secret}).encode(), mode=0o600)
                 self._wait_nodes(address, ntasks, proc)
                 return _resolve(self.target)(self.cfg, address=address)
             head = self._wait_file(state / "head.json")

@@ -251,12 +251,12 @@ def progress_of(log_text: str) -> dict[str, Any]:
 
 
 def save_weights(path: Path, model: torch.nn.Module) -> None:
-    """The model's state dict as safetensors, written to ``path.tmp`` and renamed."""
-    from safetensors.torch import save_file
+    """The model's state dict as safetensors, written atomically (``c2p.schema.atomic_write_bytes``)."""
+    from safetensors.torch import save
 
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    tmp.replace(path)
+    from c2p.schema import atomic_write_bytes
+
+    atomic_write_bytes(path, save({k: v.detach().contiguous() for k, v in model.state_dict().items()}))
 
 
 def train_open_clip_train(a: argparse.Namespace, pairs: PairExport, out: Path) -> dict[str, Any]:

@@ -377,7 +377,7 @@ def export_depth_tower(tag_dir: str | Path, out_dir: str | Path, build_model: Ca
     the consolidated fp32 weights are loaded into it and its ``depth_tower_state_dict()``
     (keys of a plain open_clip visual tower) is written. No DeepSpeed engine is needed.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     tag_dir, out_dir = Path(tag_dir), Path(out_dir)
     meta = _read_commit(tag_dir)
@@ -391,12 +391,10 @@ def export_depth_tower(tag_dir: str | Path, out_dir: str | Path, build_model: Ca
     tower = {k: v.detach().float().contiguous().clone() for k, v in model.depth_tower_state_dict().items()}
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "depth_tower.safetensors"
-    tmp = out_dir / ".depth_tower.safetensors.tmp"
     # The depth maps it learnt from: evaluation warns when it renders others (another point radius).
     depth = {k: meta["config"].get("depth", {}).get(k) for k in ("image_size", "radius", "dist")}
-    save_file(tower, str(tmp), metadata={"model": str(meta["signature"].get("model")), "step": str(meta["step"]),
-                                         "depth": json.dumps(depth)})
-    os.replace(tmp, path)
+    atomic_write_bytes(path, save(tower, metadata={"model": str(meta["signature"].get("model")), "step": str(meta["step"]),
+                                                   "depth": json.dumps(depth)}))
     info = {"model": meta["signature"].get("model"), "embed_dim": meta["signature"].get("embed_dim"),
             "image_size": meta["signature"].get("image_size"), "depth": depth, "step": meta["step"], "tag": meta["tag"],
             "config_hash": meta["config_hash"], "source": str(tag_dir.resolve()), "file": path.name}
