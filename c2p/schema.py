@@ -1,6 +1,6 @@
 """The sample schema of c2p shards: one WebDataset sample per 3D object.
 
-The shard writer (``shards/``) and the streaming loader (``c2p.data``) both speak through
+The shard writer (:mod:`c2p.shards`) and the streaming loader (``c2p.data``) both speak through
 this module, so the format is defined once.
 
 | member              | content                                                            |
@@ -32,11 +32,12 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from c2p.fileio import TMP_SUFFIX
+
 SCHEMA_VERSION = 1
 INDEX_NAME = "index.json"
 ERRORS_NAME = "errors.jsonl"
 SHARD_PATTERN = "shard-{:06d}.tar"
-TMP_SUFFIX = ".tmp"
 
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
 
@@ -237,24 +238,6 @@ class ShardIndex:
             raise ValueError(f"{path}: schema_version {d.get('schema_version')!r}; expected {SCHEMA_VERSION}")
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
-
-
-def atomic_write_bytes(path: str | Path, data: bytes, mode: int = 0o666) -> None:
-    """Write ``data`` to ``path`` through ``path.tmp`` + fsync + rename + fsync of the folder:
-    after a crash the file is either the old or the new one, never torn. ``mode``: permissions
-    of a new file (less the umask), e.g. 0o600 for a secret."""
-    path = Path(path)
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)  # the rename itself is durable only once the folder is synced
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ShardWriter:

@@ -488,7 +488,7 @@ def submit(
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         if config_text is not None:
-            from c2p.schema import atomic_write_bytes
+            from c2p.fileio import atomic_write_bytes
 
             atomic_write_bytes(run_dir / "config.yaml", config_text.encode(), mode=0o644)
         job = make_executor(opts, folder).submit(task)
@@ -796,7 +796,7 @@ class RayClusterTask:
     def __call__(self) -> Any:
         import submitit
 
-        from c2p.schema import atomic_write_bytes
+        from c2p.fileio import atomic_write_bytes
 
         job = submitit.JobEnvironment()
         rank, ntasks = job.global_rank, job.num_tasks
@@ -896,7 +896,7 @@ def run_ray_in_slurm(
     workers on the others; every Ray process is stopped when the function returns or raises.
     For ``launch/render.py --cluster slurm``::
 
-        run_ray_in_slurm("shards.job:run_render_job", cfg, opts, log_dir)
+        run_ray_in_slurm("c2p.shards.job:run_render_job", cfg, opts, log_dir)
 
     Returns the function's result (``wait_for_result``), else the Job.
     """

@@ -65,15 +65,15 @@ def build(args: argparse.Namespace) -> RenderJobConfig:
 
 
 def run(cfg: RenderJobConfig, address: str | None = None) -> dict:
-    from shards.job import run_render_job
+    from c2p.shards.job import run_render_job
 
     return run_render_job(cfg, address=address)
 
 
 def main(argv: list[str] | None = None) -> int:
     from c2p.corpora import CorpusError
-    from shards.job import format_summary
-    from shards.plan import PlanMismatch
+    from c2p.shards.job import format_summary
+    from c2p.shards.plan import PlanMismatch
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)

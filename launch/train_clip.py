@@ -3,7 +3,7 @@
     python launch/train_clip.py --shards runs/demo/shards/train --out runs/demo/clip \\
         --model c2p-small --epochs 6 --batch-size 64
 
-``--shards``: pair shards written by ``shards.pairs`` (a directory with ``pairs.json``), or
+``--shards``: pair shards written by ``c2p.shards.pairs`` (a directory with ``pairs.json``), or
 c2p object shard directories, which are first exported to ``<out>/pairs/`` (one RGB view
 and its caption per sample: the layout open_clip_train's ``--dataset-type webdataset`` reads).
 
@@ -54,7 +54,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
 import torch
 
 from c2p.models.clip import create_clip, register_tiny_configs
-from shards.pairs import PAIRS_NAME, SIZES_NAME, PairExport, export_pairs, load_export
+from c2p.shards.pairs import PAIRS_NAME, SIZES_NAME, PairExport, export_pairs, load_export
 
 RUN = "open_clip_train"  # open_clip_train's run folder (its --name) inside --out
 CHECKPOINTS = "checkpoints"
@@ -117,7 +117,7 @@ def epoch_samples(pairs: PairExport) -> int:
     """Pairs per epoch, from the export's ``sizes.json`` (the file open_clip_train itself reads)."""
     path = Path(pairs.out) / SIZES_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"{str(path)!r} does not exist; expected the sizes.json written by shards.pairs")
+        raise FileNotFoundError(f"{str(path)!r} does not exist; expected the sizes.json written by c2p.shards.pairs")
     return sum(int(n) for n in json.loads(path.read_text()).values())
 
 
@@ -251,10 +251,10 @@ def progress_of(log_text: str) -> dict[str, Any]:
 
 
 def save_weights(path: Path, model: torch.nn.Module) -> None:
-    """The model's state dict as safetensors, written atomically (``c2p.schema.atomic_write_bytes``)."""
+    """The model's state dict as safetensors, written atomically (``c2p.fileio.atomic_write_bytes``)."""
     from safetensors.torch import save
 
-    from c2p.schema import atomic_write_bytes
+    from c2p.fileio import atomic_write_bytes
 
     atomic_write_bytes(path, save({k: v.detach().contiguous() for k, v in model.state_dict().items()}))
 

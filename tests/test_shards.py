@@ -29,7 +29,7 @@ from c2p.config.render import RenderJobConfig
 from c2p.corpora import ObjectRef, open_corpus
 from c2p.corpora.synthetic import SYNSET_IDS, write_synthetic
 from c2p.schema import ERRORS_NAME, INDEX_NAME, SampleMeta, ShardIndex, decode_image, decode_npy
-from shards.plan import PlanMismatch, assign_shards, make_plan, object_seed, render_settings
+from c2p.shards.plan import PlanMismatch, assign_shards, make_plan, object_seed, render_settings
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["airplane", "box", "chair", "cone", "lamp", "mug", "sphere", "table"]
@@ -115,7 +115,7 @@ def ray_cluster():
 @pytest.fixture(scope="module")
 def rendered(corpus, ray_cluster, tmp_path_factory):
     """The reference render, with the task of shard FAULT_SHARD killed (os._exit) on its first attempt."""
-    from shards.job import run_render_job
+    from c2p.shards.job import run_render_job
 
     out = tmp_path_factory.mktemp("ref") / "shards"
     marker = out.parent / "fault-marker"
@@ -170,8 +170,8 @@ def test_duplicate_keys_and_object_seeds():
 
 
 def test_gpu_ordinal_and_fault_spec(monkeypatch):
-    from shards.job import _cuda_ordinal
-    from shards.task import parse_fault
+    from c2p.shards.job import _cuda_ordinal
+    from c2p.shards.task import parse_fault
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     assert _cuda_ordinal([5]) == 1 and _cuda_ordinal([]) is None  # Ray's physical id -> this process's ordinal
@@ -215,7 +215,7 @@ def test_config_refuses_bad_values_before_writing(tmp_path):
 
 def test_render_shard_is_byte_identical_across_attempts(corpus, tmp_path):
     """The task body alone (no Ray): the same shard rendered twice gives the same tar bytes."""
-    from shards.task import render_shard
+    from c2p.shards.task import render_shard
 
     cfg = _cfg(corpus, tmp_path / "a")
     c = open_corpus("synthetic", corpus)
@@ -237,7 +237,7 @@ def test_render_shard_is_byte_identical_across_attempts(corpus, tmp_path):
 def test_writer_thread_error_fails_the_shard_and_leaves_nothing(corpus, tmp_path, monkeypatch):
     """A write error in the writer thread (a full disk) reaches the task: no shard, no parts record, no staging."""
     from c2p.schema import ShardWriter
-    from shards.task import render_shard
+    from c2p.shards.task import render_shard
 
     cfg = _cfg(corpus, tmp_path / "out")
     c = open_corpus("synthetic", corpus)
@@ -371,7 +371,7 @@ def test_killed_driver_resumes_missing_shards_byte_identical(rendered, corpus, r
 
 @pytest.mark.slow
 def test_shard_failing_all_retries_is_reported_and_rerun(corpus, ray_cluster, tmp_path, monkeypatch):
-    from shards.job import run_render_job
+    from c2p.shards.job import run_render_job
 
     out = tmp_path / "shards"
     args = ("corpus.limit=2", "job.shard_size=1", "job.previews=0")
@@ -387,7 +387,7 @@ def test_shard_failing_all_retries_is_reported_and_rerun(corpus, ray_cluster, tm
 
 @pytest.mark.slow
 def test_settings_change_is_refused_unless_overwrite(corpus, ray_cluster, tmp_path):
-    from shards.job import run_render_job
+    from c2p.shards.job import run_render_job
 
     out = tmp_path / "shards"
     first = run_render_job(_cfg(corpus, out, "corpus.limit=2", "job.previews=0"))
@@ -410,8 +410,8 @@ def test_settings_change_is_refused_unless_overwrite(corpus, ray_cluster, tmp_pa
 def test_imgfeat_actors_store_image_tower_features(corpus, ray_cluster, tmp_path):
     import ray
 
-    from shards.features import create_feature_actors
-    from shards.job import run_render_job
+    from c2p.shards.features import create_feature_actors
+    from c2p.shards.job import run_render_job
 
     out = tmp_path / "shards"
     # The first 3 objects by uid: airplane, chair (no texture), chair/zzgarbage (broken).
@@ -438,7 +438,7 @@ def test_previews_pair_rgb_with_point_depth_when_no_depth_is_stored(tmp_path):
     from PIL import Image
 
     from c2p.schema import SHARD_PATTERN, SampleMeta, ShardIndex, ShardWriter, encode_sample, make_key
-    from shards.preview import write_previews
+    from c2p.shards.preview import write_previews
 
     rng = np.random.default_rng(0)
 

@@ -17,7 +17,7 @@ import torch
 
 from c2p.models.clip import create_clip, get_tokenizer
 from c2p.schema import SHARD_PATTERN, SampleMeta, ShardIndex, ShardWriter, encode_sample, make_key
-from shards.pairs import export_pairs, load_export, read_object_samples
+from c2p.shards.pairs import export_pairs, load_export, read_object_samples
 
 REPO = Path(__file__).resolve().parents[1]
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 50, 230)}

@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 
 from c2p.config.core import config_diff
-from c2p.schema import atomic_write_bytes
+from c2p.fileio import atomic_write_bytes
 
 log = logging.getLogger("c2p.train")
 

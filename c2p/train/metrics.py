@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from c2p.schema import atomic_write_bytes
+from c2p.fileio import atomic_write_bytes
 
 log = logging.getLogger("c2p.train")
 

@@ -53,7 +53,7 @@ from c2p.config.render import RenderJobConfig  # noqa: E402
 
 
 def run_once(root: Path, out: Path, workers: int, args: argparse.Namespace, limit: int = 0, thread: bool = True) -> dict:
-    from shards.job import run_render_job
+    from c2p.shards.job import run_render_job
 
     cfg = load_config(RenderJobConfig, None, [f"corpus.limit={limit}",
         f"corpus.root={root}", f"out={out}", "corpus.name=synthetic", f"views.set={args.views}",

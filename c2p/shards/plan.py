@@ -23,7 +23,8 @@ from typing import Any
 from c2p.config.core import config_diff
 from c2p.config.render import RenderJobConfig
 from c2p.corpora import ErrorRecord, ObjectRef
-from c2p.schema import SCHEMA_VERSION, SHARD_PATTERN, atomic_write_bytes, make_key
+from c2p.fileio import atomic_write_bytes
+from c2p.schema import SCHEMA_VERSION, SHARD_PATTERN, make_key
 
 PLAN_NAME = "plan.json"
 # Bumped whenever task.py changes what it writes for the same settings (points, views, meta):

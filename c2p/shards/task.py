@@ -1,6 +1,6 @@
 """One shard: load its objects, sample points, render the views, encode, write the tar.
 
-:func:`render_shard` is a plain function (the Ray job in :mod:`shards.job` wraps it in a
+:func:`render_shard` is a plain function (the Ray job in :mod:`c2p.shards.job` wraps it in a
 task) so it can be run and tested without a cluster. For every object of the shard, in uid
 order:
 
@@ -13,13 +13,13 @@ order:
    released renders (ShapeNet-55 parity path); optional ``depth.<v>.png``: the depth of the
    point cloud as pre-training sees it (``render_depth``), so previews show whether RGB and
    depth pair up;
-4. optional ``imgfeat.<tag>.npy`` from the feature actors (:mod:`shards.features`);
+4. optional ``imgfeat.<tag>.npy`` from the feature actors (:mod:`c2p.shards.features`);
 5. ``encode_sample`` (the schema's encoders)
    + :class:`~c2p.schema.ShardWriter` (tmp name, fsync, atomic rename) in a per-attempt
    ``.staging/`` folder, then renamed into the output directory. By default steps 4–5 run in
    a thread of the task (``job.write_thread``) while steps 1–3 go on with the next object.
 
-Every random draw comes from a generator seeded by :func:`~shards.plan.object_seed`, so
+Every random draw comes from a generator seeded by :func:`~c2p.shards.plan.object_seed`, so
 the same shard renders to the same bytes on every attempt. An object that fails (unreadable
 file, degenerate mesh, non-finite points, render error) becomes an error record and the
 shard completes without it; anything else (the output disk, a dead feature actor) raises and
@@ -45,8 +45,9 @@ from typing import Any
 import numpy as np
 
 from c2p.config.render import RenderJobConfig
-from c2p.schema import ShardWriter, SampleMeta, atomic_write_bytes, encode_sample, make_key
-from shards.plan import RENDERER_VERSION, ShardSpec, error_record, feature_tag, object_seed
+from c2p.fileio import atomic_write_bytes
+from c2p.schema import ShardWriter, SampleMeta, encode_sample, make_key
+from c2p.shards.plan import RENDERER_VERSION, ShardSpec, error_record, feature_tag, object_seed
 
 PARTS_DIR = "parts"
 # Each attempt writes its tar in a folder of its own and renames it into place when complete:
@@ -419,7 +420,7 @@ def render_shard(spec: ShardSpec, cfg: RenderJobConfig, fingerprint: str, *, fea
                  device_index: int | None = None, fault: str = "") -> ShardResult:
     """Render shard ``spec`` into ``<cfg.out>/<spec.name>`` and its ``parts/`` record.
 
-    feature_actors: Ray handles of :class:`shards.features.ImageFeatureEncoder` actors (the
+    feature_actors: Ray handles of :class:`c2p.shards.features.ImageFeatureEncoder` actors (the
     one used is picked by shard index), or None for no ``imgfeat``. device_index: GPU for the
     EGL context (None: the default device, llvmpipe on CPU nodes). fault: see :func:`parse_fault`.
     With ``cfg.job.write_thread`` samples are encoded and written by a :class:`_SampleSink`

@@ -14,7 +14,7 @@ Where the values come from, first match wins:
 2. variables already set by a launcher that speaks torch's language (torchrun, or a test
    spawning ranks itself): RANK and WORLD_SIZE present;
 3. a bare ``srun`` step (SLURM_PROCID and SLURM_NTASKS present, no submitit);
-4. nothing: a single process, rank 0 of world 1.
+4. nothing: a single process, rank 0 of world 1 on 127.0.0.1 with a free port.
 
 MASTER_ADDR is the first host of the job's node list (the node of rank 0). MASTER_PORT is
 derived from the job id (``20000 + job_id % 20000``) so that two jobs sharing a node do not
@@ -28,7 +28,7 @@ import re
 import socket
 from dataclasses import dataclass
 
-__all__ = ["DistEnv", "setup_env_from_cluster", "read_cluster_env", "expand_nodelist", "port_for_job"]
+__all__ = ["DistEnv", "setup_env_from_cluster", "read_cluster_env", "expand_nodelist", "port_for_job", "free_port"]
 
 _PORT_BASE, _PORT_SPAN = 20000, 20000
 
@@ -60,6 +60,14 @@ class DistEnv:
             "MASTER_ADDR": self.master_addr,
             "MASTER_PORT": str(self.master_port),
         }
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now (the OS picks it; another process may
+    still take it before it is used, so callers that can, bind it at once)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def port_for_job(job_id: str | int) -> int:
@@ -144,7 +152,7 @@ def read_cluster_env() -> DistEnv:
             max(1, world // nodes),
             "srun",
         )
-    return DistEnv(0, 0, 1, "127.0.0.1", int(explicit_port or 29500), 1, "single")
+    return DistEnv(0, 0, 1, "127.0.0.1", int(explicit_port) if explicit_port else free_port(), 1, "single")
 
 
 def setup_env_from_cluster() -> DistEnv:

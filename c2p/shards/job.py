@@ -4,7 +4,7 @@
 
 Steps, each safe to interrupt:
 
-1. list the corpus and make the deterministic plan (:mod:`shards.plan`);
+1. list the corpus and make the deterministic plan (:mod:`c2p.shards.plan`);
 2. check the output: a directory holding another plan's shards is refused (PlanMismatch)
    unless ``job.overwrite=true``, which deletes the job's files and starts over; then
    ``plan.json`` and the resolved ``render.yaml`` are written and stale ``*.tmp`` removed;
@@ -33,9 +33,10 @@ from typing import Any
 
 from c2p.config.core import to_yaml
 from c2p.config.render import RenderJobConfig
-from c2p.schema import ERRORS_NAME, INDEX_NAME, TMP_SUFFIX, ShardIndex, atomic_write_bytes
-from shards.plan import PLAN_NAME, PlanMismatch, RenderPlan, check_plan, make_plan, read_plan_record, write_plan_record
-from shards.task import FAULT_ENV, PARTS_DIR, STAGING_DIR, ShardResult, read_part, render_shard
+from c2p.fileio import TMP_SUFFIX, atomic_write_bytes
+from c2p.schema import ERRORS_NAME, INDEX_NAME, ShardIndex
+from c2p.shards.plan import PLAN_NAME, PlanMismatch, RenderPlan, check_plan, make_plan, read_plan_record, write_plan_record
+from c2p.shards.task import FAULT_ENV, PARTS_DIR, STAGING_DIR, ShardResult, read_part, render_shard
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ def _run_tasks(cfg: RenderJobConfig, plan: RenderPlan, todo: list, fault: str) -
     actors = []
     tag = plan.settings["imgfeat"]["tag"]
     if tag:
-        from shards.features import create_feature_actors
+        from c2p.shards.features import create_feature_actors
 
         actors = create_feature_actors(cfg.imgfeat.model, cfg.imgfeat.pretrained, count=cfg.imgfeat.actors,
                                        num_gpus=cfg.job.num_gpus, batch_size=cfg.imgfeat.batch_size, seed=cfg.job.seed)
@@ -219,7 +220,7 @@ def run_render_job(cfg: RenderJobConfig, address: str | None = None) -> dict[str
     index = finalize_output(out, plan, parts)
     previews = []
     if cfg.job.previews and (results or not (out / PREVIEWS_DIR).exists()) and index.num_samples:
-        from shards.preview import write_previews
+        from c2p.shards.preview import write_previews
 
         try:
             previews = [str(p) for p in write_previews(out, index, cfg.job.previews)]

@@ -11,8 +11,8 @@
 Entry point for people: ``python launch/render.py --corpus NAME --root DIR --out DIR``.
 """
 
-from shards.job import format_summary, run_render_job
-from shards.plan import PlanMismatch, RenderPlan, ShardSpec, make_plan, object_seed, render_settings
+from c2p.shards.job import format_summary, run_render_job
+from c2p.shards.plan import PlanMismatch, RenderPlan, ShardSpec, make_plan, object_seed, render_settings
 
 __all__ = [
     "PlanMismatch",

@@ -16,7 +16,7 @@ epoch length when ``--train-num-samples`` is left out) and ``pairs.json`` (total
 brace pattern to pass as ``--train-data``, and the sources). Corrupt object shards are
 counted and skipped, never fatal.
 
-    python -m shards.pairs --shards runs/demo/shards/train --out runs/demo/pairs
+    python -m c2p.shards.pairs --shards runs/demo/shards/train --out runs/demo/pairs
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from c2p.schema import INDEX_NAME, ShardIndex, ShardWriter, SampleMeta, atomic_write_bytes
+from c2p.fileio import atomic_write_bytes
+from c2p.schema import INDEX_NAME, ShardIndex, ShardWriter, SampleMeta
 
 PAIR_PATTERN = "pairs-{:06d}.tar"
 SIZES_NAME = "sizes.json"
@@ -193,7 +194,7 @@ def load_export(out: str | Path) -> PairExport:
     """The ``pairs.json`` summary of an export directory."""
     path = Path(out) / PAIRS_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"{str(path)!r} does not exist; expected a directory written by shards.pairs")
+        raise FileNotFoundError(f"{str(path)!r} does not exist; expected a directory written by c2p.shards.pairs")
     return PairExport(**json.loads(path.read_text()))
 
 

@@ -1,0 +1,206 @@
+"""SLURM through submitit: executor parameters, the sbatch script, what ``sinfo``/``squeue`` say,
+and the checks a request must pass before anything is submitted.
+
+The parsers (:func:`parse_sinfo`, :func:`parse_squeue_state`) are pure functions of the
+commands' text, so they are tested on canned output; :func:`partitions` and
+:func:`slurm_state` run the commands. Job state is read with ``squeue`` rather than through
+submitit's ``sacct`` watcher because a cluster without an accounting database (the local
+SLURM of the tests, many small sites) has no ``sacct``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+from c2p.cluster.errors import LaunchError
+from c2p.cluster.options import ClusterOptions, mem_mb
+
+__all__ = ["TERMINAL_STATES", "slurm_parameters", "make_executor", "sbatch_script", "parse_sinfo", "partitions",
+           "check_request", "parse_squeue_state", "slurm_state"]
+
+# Job states after which a job never runs again (squeue's %T).
+TERMINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "BOOT_FAIL", "OUT_OF_MEMORY",
+                             "DEADLINE", "PREEMPTED", "SPECIAL_EXIT", "REVOKED"})
+
+
+def slurm_parameters(opts: ClusterOptions, *, array: bool = False) -> dict[str, Any]:
+    """``opts`` as :class:`submitit.SlurmExecutor` parameters."""
+    extra: dict[str, Any] = {"requeue": True}
+    if opts.mem:
+        extra["mem"] = opts.mem  # as given (submitit's own `mem` wants GB as a number)
+    extra.update(opts.sbatch)
+    params: dict[str, Any] = {
+        "job_name": opts.job_name,
+        "time": opts.time,
+        "nodes": opts.nodes,
+        "ntasks_per_node": opts.tasks_per_node,
+        "signal_delay_s": opts.signal_delay_s,
+        "additional_parameters": extra,
+        # One rank dying (a crash, not a requeue) ends the step: the others would otherwise
+        # wait in a collective, or for a Ray head that is gone, until the time limit.
+        "srun_args": ["--kill-on-bad-exit=1"],
+    }
+    for name in ("partition", "account", "qos", "constraint", "cpus_per_task"):
+        if getattr(opts, name) is not None:
+            params[name] = getattr(opts, name)
+    if opts.gpus_per_node:
+        params["gpus_per_node"] = opts.gpus_per_node
+    if opts.exclusive:
+        params["exclusive"] = True
+    if array:
+        params["array_parallelism"] = opts.array_parallelism
+    return params
+
+
+def make_executor(opts: ClusterOptions, folder: str | Path, *, array: bool = False) -> Any:
+    """A submitit executor for ``opts`` writing its logs/pickles into ``folder`` (may hold ``%j``)."""
+    import submitit
+
+    if opts.cluster == "slurm":
+        ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=opts.max_requeues)
+        ex.update_parameters(**slurm_parameters(opts, array=array))
+    else:
+        ex = submitit.LocalExecutor(folder=folder, max_num_timeout=opts.max_requeues)
+        ex.update_parameters(
+            timeout_min=opts.time, tasks_per_node=opts.tasks_per_node, gpus_per_node=opts.gpus_per_node,
+            signal_delay_s=min(opts.signal_delay_s, 60 * opts.time // 2),
+        )
+    return ex
+
+
+def _submitit_sbatch_text(command: str, folder: Path, params: dict[str, Any]) -> str:
+    """The exact text submitit writes for these parameters.
+
+    submitit has no public call that returns the script without submitting it, and
+    ``--dry-run`` and ``sbatch --test-only`` must show and check the very script a submission
+    sends, not a re-implementation of it: so this one function uses its private builder.
+    """
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    return _make_sbatch_string(command=command, folder=folder, **params)
+
+
+def sbatch_script(opts: ClusterOptions, folder: str | Path, *, array_size: int | None = None) -> str:
+    """The sbatch script submitit would submit (SLURM), or a description of the local processes."""
+    folder = Path(folder).absolute()
+    command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    if opts.cluster == "local":
+        return (
+            f"# --cluster local: {opts.tasks_per_node} process(es) on this machine via submitit.LocalExecutor\n"
+            f"# each runs: {command}\n# time limit: {opts.time} min; logs: {folder}\n"
+        )
+    params = slurm_parameters(opts, array=array_size is not None)
+    if array_size is not None:
+        params["map_count"] = array_size
+    return _submitit_sbatch_text(command, folder, params)
+
+
+def _run(cmd: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError as e:
+        raise LaunchError(f"'{cmd[0]}' not found: is this a SLURM login node? (use --cluster local to run here)") from e
+    except subprocess.TimeoutExpired as e:
+        raise LaunchError(f"'{' '.join(cmd)}' did not answer within {timeout:.0f}s: is the SLURM controller up?") from e
+
+
+SINFO_FORMAT = "%R|%N|%c|%m|%G"  # partition | node | CPUs | memory (MB) | generic resources
+
+
+def parse_sinfo(text: str) -> dict[str, list[dict[str, Any]]]:
+    """``sinfo -h -N -o '%R|%N|%c|%m|%G'`` output → partition → nodes ``[{name, cpus, mem_mb, gpus}]``.
+
+    GPUs are summed over every ``gpu[:type]:N`` entry of the node's GRES (``gpu:a100:4(S:0-1)``
+    → 4); CPU and memory fields keep their digits only (``64+`` → 64).
+    """
+    parts: dict[str, list[dict[str, Any]]] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        part, node, cpus, mem, gres = (line.split("|") + [""] * 5)[:5]
+        gpus = sum(int(m.group(1)) for m in re.finditer(r"gpu(?::[^:,()]+)?:(\d+)", gres))
+        parts.setdefault(part, []).append({"name": node, "cpus": int(re.sub(r"\D", "", cpus) or 0),
+                                           "mem_mb": int(re.sub(r"\D", "", mem) or 0), "gpus": gpus})
+    return parts
+
+
+def partitions() -> dict[str, list[dict[str, Any]]]:
+    """The cluster's partitions and their nodes, as ``sinfo`` reports them (:func:`parse_sinfo`)."""
+    r = _run(["sinfo", "-h", "-N", "-o", SINFO_FORMAT])
+    if r.returncode != 0:
+        raise LaunchError(f"sinfo failed: {r.stderr.strip() or r.stdout.strip()} (is the SLURM controller reachable? "
+                          f"SLURM_CONF={os.environ.get('SLURM_CONF', '')!r})")
+    return parse_sinfo(r.stdout)
+
+
+def check_fit(opts: ClusterOptions, parts: dict[str, list[dict[str, Any]]]) -> None:
+    """Refuse a request no ``opts.nodes`` nodes of ``parts`` (:func:`parse_sinfo`) can hold."""
+    if not parts:
+        raise LaunchError("sinfo lists no partitions: is the SLURM cluster up?")
+    if opts.partition is not None:
+        if opts.partition not in parts:
+            raise LaunchError(f"--partition {opts.partition!r}: unknown partition; this cluster has: {', '.join(sorted(parts))}")
+        nodes, where = parts[opts.partition], f"partition {opts.partition!r}"
+    else:
+        nodes, where = [n for ns in parts.values() for n in ns], "this cluster"
+    need_cpus = opts.tasks_per_node * (opts.cpus_per_task or 1)
+    need_mb = mem_mb(opts.mem) if opts.mem else 0
+    fit = [n for n in nodes if n["cpus"] >= need_cpus and n["gpus"] >= opts.gpus_per_node and n["mem_mb"] >= need_mb]
+    names = len({n["name"] for n in fit})
+    if names < opts.nodes:
+        biggest = max(nodes, key=lambda n: (n["cpus"], n["gpus"]))
+        raise LaunchError(
+            f"impossible request: {opts.nodes} node(s) x {opts.tasks_per_node} task(s) x {opts.cpus_per_task or 1} CPU(s)"
+            f"{f' x {opts.gpus_per_node} GPU(s)' if opts.gpus_per_node else ''}{f' with {opts.mem} memory' if opts.mem else ''}"
+            f" per node; {where} has {names} node(s) that fit (largest node {biggest['name']}: {biggest['cpus']} CPUs, "
+            f"{biggest['gpus']} GPUs, {biggest['mem_mb']} MB)"
+        )
+
+
+def check_request(opts: ClusterOptions, *, array_size: int | None = None) -> None:
+    """Refuse, with a message a user can act on, a request SLURM could never run.
+
+    Checks the partition exists and has ``--nodes`` nodes with enough CPUs, memory and GPUs
+    for ``--tasks-per-node`` x ``--cpus-per-task`` (:func:`check_fit`), then asks SLURM itself
+    (``sbatch --test-only`` on the real script). Local requests were checked by
+    :meth:`ClusterOptions.validate`. Writes nothing.
+    """
+    opts.validate()
+    if opts.cluster != "slurm":
+        return
+    check_fit(opts, partitions())
+    # SLURM's own verdict on the exact script (account, qos, constraint, time limits, ...).
+    with tempfile.TemporaryDirectory(prefix="c2p-sbatch-") as tmp:
+        script = Path(tmp) / "job.sh"
+        script.write_text(sbatch_script(opts, Path(tmp) / "%j", array_size=array_size))
+        r = _run(["sbatch", "--test-only", str(script)])
+    if r.returncode != 0:
+        raise LaunchError(f"SLURM refuses the request (sbatch --test-only): {(r.stderr or r.stdout).strip()}")
+
+
+def parse_squeue_state(stdout: str, stderr: str, returncode: int) -> str:
+    """``squeue -h -j ID -o %T --states=all`` → the job's state; ``GONE`` once SLURM forgot the
+    job (MinJobAge after its end), ``UNKNOWN`` when the controller did not answer (ask again
+    later: never conclude "ended" from silence). Raises :class:`LaunchError` when squeue
+    cannot reach SLURM at all (no config: asking again will not help)."""
+    states = [s.strip() for s in stdout.split() if s.strip()]
+    if states:
+        return states[0]
+    if returncode != 0 and "Invalid job id" not in stderr:
+        if "fatal" in stderr or "configuration" in stderr:
+            raise LaunchError(f"squeue cannot reach SLURM: {stderr.strip()} (SLURM_CONF={os.environ.get('SLURM_CONF', '')!r})")
+        return "UNKNOWN"
+    return "GONE"
+
+
+def slurm_state(job_id: str) -> str:
+    """The job's state from ``squeue`` (works without an accounting database); see :func:`parse_squeue_state`."""
+    r = _run(["squeue", "-h", "-j", str(job_id), "-o", "%T", "--states=all"], timeout=30)
+    return parse_squeue_state(r.stdout, r.stderr, r.returncode)

@@ -1,0 +1,276 @@
+"""Submission and waiting: one job on every rank (:func:`launch`), or a sweep as one job array
+(:func:`launch_array`), on SLURM or as local processes through the same submitit code path.
+
+Order of events in :func:`submit` (nothing is written before the request passed its checks)::
+
+    check_request(opts)                          # refused here if SLURM can never run it
+    run_dir/config.yaml                          # the resolved config, then
+    executor.submit(task)                        # sbatch (or local processes)
+
+Preemption and timeout
+----------------------
+The submitted callable (:class:`~c2p.cluster.task.ClusterTask`) has a ``checkpoint()`` that
+returns a fresh instance wrapped in ``DelayedSubmission``. SLURM sends USR2 ``signal_delay_s``
+seconds before the end of the allocation or on preemption; submitit's handler on rank 0 calls
+``checkpoint()``, pickles the fresh instance and runs ``scontrol requeue``. The requeued job
+starts from scratch in a new allocation and the trainer resumes from the run's ``latest``
+committed checkpoint (``checkpoint.resume=auto``).
+
+The handler saves nothing itself: DeepSpeed saves are collective (every rank must enter
+them), and a signal arrives on one rank at an arbitrary point, so a save inside the handler
+could deadlock. Checkpoints are written on the step schedule instead, so **a preemption loses
+at most ``checkpoint.every`` optimizer steps** (the steps since the last committed checkpoint,
+plus the partly done step) and the time to restart and reload. Pick ``checkpoint.every`` so
+that this is a few minutes of work, and ``--signal-delay`` larger than one save.
+
+Job arrays
+----------
+:func:`submit_array` sends a list of callables (e.g. a k-shot x seed fine-tuning sweep) as
+ONE SLURM job array (submitit's ``executor.batch()``); :func:`collect` waits for all
+elements and returns their results in order, or raises naming the failed elements and their
+logs. Array elements are requeued independently.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from c2p.cluster.errors import JobFailedError, LaunchError
+from c2p.cluster.options import ClusterOptions
+from c2p.cluster.slurm import TERMINAL_STATES, check_request, make_executor, sbatch_script, slurm_state
+from c2p.cluster.task import ClusterTask
+from c2p.fileio import atomic_write_bytes
+
+__all__ = ["submit", "submit_array", "describe_job", "wait", "collect", "launch", "launch_array"]
+
+
+def submit(
+    task: Callable[[], Any],
+    opts: ClusterOptions,
+    run_dir: str | Path,
+    *,
+    config_text: str | None = None,
+    log_subdir: str = "logs",
+    dry_run: bool = False,
+    out: Any = None,
+) -> Any:
+    """Submit one job running ``task`` on every rank; returns the submitit Job (None on dry run).
+
+    ``run_dir`` and ``run_dir/config.yaml`` (``config_text``) are written before submission;
+    logs go to ``run_dir/<log_subdir>/<job id>/``. If the submission fails, a run directory
+    this call created is removed again (nothing half-made is left), and :class:`LaunchError`
+    says why. The request is checked first (:func:`check_request`).
+    """
+    out = out or sys.stdout
+    run_dir = Path(run_dir).absolute()
+    folder = run_dir / log_subdir / "%j"
+    if dry_run:
+        print(f"# dry run: nothing is written or submitted\n# run dir: {run_dir}\n# ---- {'sbatch script' if opts.cluster == 'slurm' else 'local job'}", file=out)
+        print(sbatch_script(opts, folder), file=out)
+        if config_text is not None:
+            print("# ---- resolved config (would be written to config.yaml)", file=out)
+            print(config_text, file=out)
+        return None
+    check_request(opts)
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if config_text is not None:
+            from c2p.fileio import atomic_write_bytes
+
+            atomic_write_bytes(run_dir / "config.yaml", config_text.encode(), mode=0o644)
+        job = make_executor(opts, folder).submit(task)
+    except BaseException as e:
+        if created:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        if isinstance(e, LaunchError):
+            raise
+        if isinstance(e, Exception):
+            raise LaunchError(f"submission of {task!r} failed: {e}") from e
+        raise
+    return job
+
+
+def submit_array(
+    tasks: Sequence[Callable[[], Any]],
+    opts: ClusterOptions,
+    log_dir: str | Path,
+    *,
+    dry_run: bool = False,
+    out: Any = None,
+) -> list[Any]:
+    """Submit ``tasks`` as ONE job array (SLURM ``--array=0-N``); returns one Job per element.
+
+    Each element runs its task with ``opts``' resources (a sweep of single-process
+    fine-tunings: ``--tasks-per-node 1``). Logs: ``log_dir/<array id>_<index>/``.
+    """
+    out = out or sys.stdout
+    if not tasks:
+        raise LaunchError("job array: expected at least one task")
+    log_dir = Path(log_dir).absolute()
+    folder = log_dir / "%j"
+    if dry_run:
+        print(f"# dry run: a job array of {len(tasks)} element(s); nothing is submitted", file=out)
+        print(sbatch_script(opts, folder, array_size=len(tasks)), file=out)
+        for i, t in enumerate(tasks):
+            print(f"# [{i}] {t!r}", file=out)
+        return []
+    check_request(opts, array_size=len(tasks))
+    created = not log_dir.exists()
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        ex = make_executor(opts, folder, array=True)
+        with ex.batch():
+            jobs = [ex.submit(t) for t in tasks]
+    except Exception as e:
+        if created:
+            shutil.rmtree(log_dir, ignore_errors=True)
+        raise LaunchError(f"submission of a job array of {len(tasks)} failed: {e}") from e
+    return jobs
+
+
+def describe_job(job: Any, opts: ClusterOptions, run_dir: str | Path | None = None) -> str:
+    """Job id, where its logs are and how to follow, inspect and cancel it."""
+    stdout, stderr = job.paths.stdout, job.paths.stderr
+    lines = [f"submitted job {job.job_id} ({opts.cluster}: {opts.nodes} node(s) x {opts.tasks_per_node} task(s))"]
+    if run_dir is not None:
+        lines.append(f"  run dir : {Path(run_dir).absolute()}")
+    lines += [
+        f"  logs    : {stdout} (rank 0 stdout)",
+        f"            {stderr} (rank 0 stderr; rank r: {job.job_id}_<r>_log.out/.err beside them)",
+        f"  follow  : tail -F {stderr}",
+    ]
+    if opts.cluster == "slurm":
+        lines += [f"  status  : squeue -j {job.job_id}    (scontrol show job {job.job_id})", f"  cancel  : scancel {job.job_id}"]
+    else:
+        lines += [f"  cancel  : kill -INT {job.job_id}   (the local controller process)"]
+    return "\n".join(lines)
+
+
+def _tasks(job: Any) -> list[Any]:
+    """The job's tasks (ranks), each a submitit Job with its own result file."""
+    return [job.task(i) for i in range(job.num_tasks)]
+
+
+def _is_local(job: Any) -> bool:
+    import submitit
+
+    return isinstance(job, submitit.LocalJob)
+
+
+def _finished(job: Any) -> bool:
+    if all(t.paths.result_pickle.exists() for t in _tasks(job)):
+        return True
+    if _is_local(job):
+        return job.done()
+    state = slurm_state(job.job_id).split()[0].rstrip("+")
+    return state in TERMINAL_STATES or state == "GONE"
+
+
+def _state_of(job: Any) -> str:
+    return job.state if _is_local(job) else slurm_state(job.job_id)
+
+
+def wait(jobs: Sequence[Any], timeout_s: float | None = None, poll_s: float = 2.0) -> None:
+    """Block until every job has ended (result written, or SLURM says it ended)."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    pending = list(jobs)
+    while pending:
+        pending = [j for j in pending if not _finished(j)]
+        if not pending:
+            return
+        if deadline is not None and time.monotonic() > deadline:
+            raise LaunchError(f"jobs {[j.job_id for j in pending]} still running after {timeout_s:.0f}s")
+        time.sleep(poll_s)
+
+
+def collect(jobs: Sequence[Any], timeout_s: float | None = None) -> list[Any]:
+    """Wait for ``jobs`` and return each one's result (rank 0's for multi-task jobs), in order.
+
+    Raises :class:`LaunchError` listing every failed element with its error and log path.
+    """
+    wait(jobs, timeout_s)
+    results, failures = [], []
+    for i, job in enumerate(jobs):
+        # Task by task, and only where a result file exists: submitit's own results() would
+        # wait on sacct for a task that died without one (a killed rank, a node failure).
+        tasks = _tasks(job)
+        errors = []
+        for t in tasks:
+            if not t.paths.result_pickle.exists():
+                tail = t.stderr() or ""
+                errors.append(f"task {t.task_id} ended without a result (SLURM state {_state_of(job)}); stderr ends:\n{tail.strip()[-1500:]}")
+                continue
+            try:
+                value = t.result()
+            except Exception as e:  # the job's own error, re-raised by submitit with its traceback
+                errors.append(str(e).strip()[-2000:])
+                continue
+            if t is tasks[0]:
+                results.append(value)
+        if errors:
+            failures.append(f"[{i}] job {job.job_id}: {errors[0]}\n    logs: {job.paths.stderr}")
+            if len(results) == i:
+                results.append(None)
+    if failures:
+        raise JobFailedError(f"{len(failures)} of {len(jobs)} job(s) failed:\n" + "\n".join(failures))
+    return results
+
+
+def launch(
+    target: str,
+    cfg: Any,
+    opts: ClusterOptions,
+    run_dir: str | Path,
+    *,
+    config_text: str | None = None,
+    dry_run: bool = False,
+    wait_for_result: bool | None = None,
+    out: Any = None,
+) -> Any:
+    """Submit ``target(cfg)`` (``"package.module:function"``) on every rank of one job.
+
+    Prints the job description; waits and returns rank 0's result when ``wait_for_result``
+    (default: wait for local runs, return the Job for SLURM).
+    """
+    out = out or sys.stdout
+    job = submit(ClusterTask(target, cfg), opts, run_dir, config_text=config_text, dry_run=dry_run, out=out)
+    if job is None:
+        return None
+    print(describe_job(job, opts, run_dir), file=out, flush=True)
+    if wait_for_result if wait_for_result is not None else opts.cluster == "local":
+        return collect([job])[0]
+    return job
+
+
+def launch_array(
+    target: str,
+    cfgs: Sequence[Any],
+    opts: ClusterOptions,
+    log_dir: str | Path,
+    *,
+    names: Sequence[str] | None = None,
+    dry_run: bool = False,
+    wait_for_result: bool = True,
+    out: Any = None,
+) -> list[Any]:
+    """A sweep as one job array: element i runs ``target(cfgs[i])``.
+
+    Returns the results in order (``wait_for_result``), else the Jobs. For DOWNSTREAM's
+    ``c2p-finetune``: ``launch_array("c2p.eval.fewshot:run_one", [cfg_k_seed, ...], opts, run_dir / "sweep")``.
+    """
+    out = out or sys.stdout
+    names = list(names) if names is not None else [f"{target}[{i}]" for i in range(len(cfgs))]
+    tasks = [ClusterTask(target, c, name=n) for c, n in zip(cfgs, names)]
+    jobs = submit_array(tasks, opts, log_dir, dry_run=dry_run, out=out)
+    if not jobs:
+        return []
+    array_id = str(jobs[0].job_id).split("_")[0]
+    print(f"submitted job array {array_id} with {len(jobs)} element(s); logs under {Path(log_dir).absolute()}", file=out, flush=True)
+    if opts.cluster == "slurm":
+        print(f"  status: squeue -j {array_id}    cancel: scancel {array_id}", file=out, flush=True)
+    return collect(jobs) if wait_for_result else jobs
