@@ -32,7 +32,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from c2p.fileio import TMP_SUFFIX
+from c2p.fileio import TMP_SUFFIX, atomic_write_bytes
 
 SCHEMA_VERSION = 1
 INDEX_NAME = "index.json"

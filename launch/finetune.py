@@ -1,4 +1,4 @@
-"""Few-shot or fully supervised training of the Gated Dual-Path Adapter, one run or a K × seed sweep.
+"""Few-shot or fully supervised training of the Gated Dual-Path Adapter, one run or a K x seed sweep.
 
     python launch/finetune.py --task fewshot --shots 16 --seed 0 --config configs/downstream/fewshot_modelnet40.yaml \\
         --root data/ModelNet40 --depth-tower runs/vitb32/export/depth_tower.safetensors
@@ -6,107 +6,13 @@
     python launch/finetune.py --task supervised --seed 0 1 2 ...
     python launch/finetune.py --collect ...      # rebuild the sweep table/plot from finished array elements
 
-``--cluster local`` (the default where no SLURM is configured) runs the whole sweep in this
-process, computing the frozen towers' view features once; ``--cluster slurm`` submits one job
-array (one element per (K, seed), each running ``c2p.eval.fewshot:run_one``; they share the
-feature cache) and, when waiting, writes the sweep table. Reports: ``<run>/eval/fewshot/k<K>/seed<S>/``,
-sweep table and plot in ``<run>/eval/fewshot/`` (``supervised/`` for --task supervised).
-Exit status: 0 done, 1 a run failed, 2 bad arguments, config or inputs.
+The same command is installed as ``c2p-finetune``; everything it does is in :mod:`c2p.cli.finetune`
+(``--help`` lists every flag and config key).
 """
 
-from __future__ import annotations
-
-import argparse
-import json
-import logging
 import sys
-from pathlib import Path
-from typing import Sequence
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from c2p.config import ConfigError, describe, load_config
-from c2p.config.downstream import DownstreamConfig
-from launch.common import ClusterOptions, LaunchError, add_cluster_args, launch_array
-from launch.evaluate import add_downstream_args, check_inputs, downstream_overrides
-
-TARGET = "c2p.eval.fewshot:run_one"
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description="Few-shot / supervised GDPA fine-tuning (K x seed sweeps as one job array).",
-        epilog="config keys: " + ", ".join(k for k, *_ in describe(DownstreamConfig)),
-    )
-    p.add_argument("--task", choices=["fewshot", "supervised"], help="finetune.task")
-    p.add_argument("--shots", type=int, nargs="+", metavar="K", help="shots per class, one or more (finetune.shots)")
-    p.add_argument("--seed", "--seeds", dest="seeds", type=int, nargs="+", metavar="S", help="seeds, one or more (finetune.seeds)")
-    add_downstream_args(p)
-    p.add_argument("--collect", action="store_true", help="only build the sweep table/plot from finished runs")
-    p.add_argument("--json", action="store_true", help="print the sweep rows as one JSON line")
-    add_cluster_args(p, job_name="c2p-finetune")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides")
-    return p.parse_intermixed_args(argv)  # key=value overrides may come before or after flags
-
-
-def build_config(args: argparse.Namespace) -> DownstreamConfig:
-    """Config from --config, the named flags and the overrides; raises ConfigError."""
-    flags = {
-        "finetune.task": args.task,
-        "finetune.shots": f"[{','.join(map(str, args.shots))}]" if args.shots else None,
-        "finetune.seeds": f"[{','.join(map(str, args.seeds))}]" if args.seeds else None,
-    }
-    return load_config(DownstreamConfig, args.config, downstream_overrides(args, flags))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
-    # 1. parse + validate: nothing written yet
-    try:
-        cfg = build_config(args)
-        check_inputs(cfg)
-        if cfg.adapter.paths in ("both", "depth") and not cfg.encoder.depth_tower:
-            raise ConfigError("encoder.depth_tower", "", f"an exported depth tower for adapter.paths={cfg.adapter.paths!r} (or adapter.paths=clip)")
-        opts = ClusterOptions.from_args(args)
-    except (ConfigError, LaunchError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    from c2p.corpora import CorpusError
-    from c2p.eval.features import EvalError
-    from c2p.eval.fewshot import collect_sweep, run_sweep, sweep_configs
-    from c2p.eval.zeroshot import eval_dir
-
-    # 2. run: the sweep in this process (local), or one SLURM job array
-    try:
-        if args.collect:
-            sweep = collect_sweep(cfg)
-        elif opts.cluster == "local" and not args.dry_run:
-            sweep = run_sweep(cfg)
-        else:
-            cfgs = sweep_configs(cfg)
-            names = [f"k{c.finetune.shots[0] if cfg.finetune.task == 'fewshot' else 'all'}-seed{c.finetune.seeds[0]}" for c in cfgs]
-            wait = args.wait if args.wait is not None else True
-            results = launch_array(TARGET, cfgs, opts, eval_dir(cfg) / cfg.finetune.task / "logs", names=names, dry_run=args.dry_run, wait_for_result=wait)
-            if args.dry_run or not wait:
-                if not args.dry_run:
-                    print(f"when the array is done: python launch/finetune.py --collect {' '.join(sys.argv[1:] if argv is None else argv)}")
-                return 0
-            del results  # each element wrote its results.json; the table is built from those
-            sweep = collect_sweep(cfg)
-    except (EvalError, CorpusError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except LaunchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps({"rows": sweep["rows"], "report": sweep["report"]}, default=str))
-    else:
-        print(Path(sweep["report"]["markdown"]).read_text() + f"report: {sweep['report']['markdown']}")
-    return 0
-
+from c2p.cli.finetune import main
 
 if __name__ == "__main__":
     sys.exit(main())

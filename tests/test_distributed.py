@@ -1,4 +1,4 @@
-"""c2p.distributed: SLURM / submitit / torchrun environments → torch.distributed variables.
+"""c2p.cluster.env: SLURM / submitit / torchrun environments → torch.distributed variables.
 
 The environments are the real variables SLURM, submitit and torchrun set (read back through
 submitit's own JobEnvironment where the job is a submitit job); the two-rank rendezvous over
@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from c2p.distributed import DistEnv, expand_nodelist, port_for_job, read_cluster_env, setup_env_from_cluster
+from c2p.cluster.env import DistEnv, expand_nodelist, port_for_job, read_cluster_env, setup_env_from_cluster
 
 _ALL = ["RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SUBMITIT_EXECUTOR"]
 
@@ -46,8 +46,14 @@ def test_port_is_a_function_of_the_job_id():
 
 def test_single_process_without_cluster(clean_env):
     env = setup_env_from_cluster()
-    assert env == DistEnv(0, 0, 1, "127.0.0.1", 29500, 1, "single")
+    assert env == DistEnv(0, 0, 1, "127.0.0.1", env.master_port, 1, "single")
     assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == ("0", "1", "0")
+    # a port nobody holds: a bare process can open its world-1 process group at once
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", env.master_port))
+    assert setup_env_from_cluster().master_port == env.master_port  # exported: a second call reads it back
 
 
 def _slurm_task(monkeypatch, *, procid: int, localid: int, ntasks: int, nodes: int, nodelist: str, job_id: str = "4242") -> None:

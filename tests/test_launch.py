@@ -1,6 +1,6 @@
-"""launch/: the shared launcher without a SLURM cluster: options, dry run, refusals before anything
+"""c2p.cluster and the commands without a SLURM cluster: options, dry run, refusals before anything
 is written, and ``--cluster local`` (submitit's LocalExecutor: real local processes whose ranks
-come from c2p.distributed) — a gloo rendezvous, a job array, and the tiny pre-training run.
+come from c2p.cluster.env) — a gloo rendezvous, a job array, and the tiny pre-training run.
 The same paths on a real SLURM are in test_slurm.py.
 """
 
@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # launch/ is a directory of scripts, not an installed package
+from c2p.cli import pretrain as pretrain_cli
+from c2p.cluster import ClusterOptions, ClusterTask, JobFailedError, LaunchError, collect, launch_array, parse_time, submit
 
-from launch import pretrain as pretrain_cli  # noqa: E402
-from launch.common import ClusterOptions, ClusterTask, JobFailedError, LaunchError, collect, launch_array, parse_time, submit  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 TINY = REPO / "configs" / "pretrain" / "tiny.yaml"
 
@@ -27,7 +26,7 @@ HELPERS = '''
 import os
 
 def allreduce(cfg):
-    """A real gloo rendezvous over the variables c2p.distributed exported."""
+    """A real gloo rendezvous over the variables c2p.cluster.env exported."""
     import torch
     import torch.distributed as dist
     dist.init_process_group("gloo", init_method="env://")
@@ -53,7 +52,7 @@ def helpers(tmp_path, monkeypatch) -> str:
     mod = tmp_path / "pylib"
     mod.mkdir()
     (mod / "launch_helpers.py").write_text(HELPERS)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(mod), str(REPO), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(mod), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     return "launch_helpers"
 

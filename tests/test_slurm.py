@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from c2p.cluster.raycluster import _processes_with_env
+from c2p.cluster.slurm import slurm_state
 
-from launch.common import _processes_with_env, slurm_state  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -144,7 +144,7 @@ def test_impossible_request_is_refused_and_leaves_nothing(slurm_env, shard_args,
 
 def test_slurm_refuses_what_sinfo_cannot_see(slurm_env, tmp_path):
     """The last word is SLURM's own (sbatch --test-only): an unknown QOS is named."""
-    from launch.common import ClusterOptions, LaunchError, check_request
+    from c2p.cluster import ClusterOptions, LaunchError, check_request
 
     with pytest.raises(LaunchError, match="SLURM refuses the request"):
         check_request(ClusterOptions(cluster="slurm", sbatch={"gres": "gpu:nosuchgpu:1"}))
@@ -154,7 +154,7 @@ def test_finetune_sweep_is_one_job_array(uninterrupted, slurm_env, tmp_path, cap
     """DOWNSTREAM's launch/finetune.py on SLURM, with the depth tower this module pre-trained:
     K=1 x seeds {0, 1} go out as one array; each element's results.json is collected."""
     from c2p.corpora.synthetic import SYNTHETIC_CLASSES, write_synthetic
-    from launch.finetune import main as finetune_main
+    from c2p.cli.finetune import main as finetune_main
 
     tower = uninterrupted[1] / "export" / "depth_tower.safetensors"
     root = write_synthetic(tmp_path / "corpus", layout="shapenet", per_class=2, seed=0, test_per_class=1, classes=SYNTHETIC_CLASSES[:4])
@@ -215,13 +215,13 @@ def test_render_through_ray_inside_slurm_leaves_no_ray_process(slurm_env, tmp_pa
     # checks launch/render.py makes before submitting.
     from c2p.config import load_config
     from c2p.config.render import RenderJobConfig
-    from launch.common import ClusterOptions, JobFailedError, run_ray_in_slurm
+    from c2p.cluster import ClusterOptions, JobFailedError, run_ray_in_slurm
 
     (tmp_path / "empty").mkdir()
     cfg = load_config(RenderJobConfig, REPO / "configs" / "render" / "synthetic.yaml",
                       [f"corpus.root={tmp_path / 'empty'}", f"out={tmp_path / 'shards2'}", *small])
     with pytest.raises(JobFailedError, match="CorpusError") as e:
-        run_ray_in_slurm("launch.render:run", cfg, ClusterOptions(cluster="slurm", time=20), tmp_path / "failed")
+        run_ray_in_slurm("c2p.shards.job:run_render_job", cfg, ClusterOptions(cluster="slurm", time=20), tmp_path / "failed")
     job = re.search(r"job (\d+):", str(e.value)).group(1)
     assert _leftovers(job, env) == []
 
@@ -248,7 +248,7 @@ def spread(cfg, address):
 def test_ray_head_and_worker_tasks_form_one_cluster(slurm_env, tmp_path, monkeypatch):
     """Two tasks as two 'nodes' (one machine here): rank 0 runs the head, rank 1 a worker that
     joins it with the head's address and token; work lands on both; nothing is left behind."""
-    from launch.common import ClusterOptions, RayClusterTask, collect, submit
+    from c2p.cluster import ClusterOptions, RayClusterTask, collect, submit
 
     (tmp_path / "lib").mkdir()
     (tmp_path / "lib" / "ray_spread.py").write_text(RAY_TARGET)

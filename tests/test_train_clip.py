@@ -1,9 +1,8 @@
 """The demo's small-CLIP bridge: object shards → image–text pair shards → open_clip_train
-(launch/train_clip.py) → weights that create_clip loads."""
+(c2p-train-clip, :mod:`c2p.cli.train_clip` over :mod:`c2p.train.openclip`) → weights that create_clip loads."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,19 +14,15 @@ import numpy as np
 import pytest
 import torch
 
+from c2p.cli.base import UsageError
+from c2p.cli.train_clip import train
 from c2p.models.clip import create_clip, get_tokenizer
 from c2p.schema import SHARD_PATTERN, SampleMeta, ShardIndex, ShardWriter, encode_sample, make_key
 from c2p.shards.pairs import export_pairs, load_export, read_object_samples
+from c2p.train.openclip import open_clip_train_fixes
 
 REPO = Path(__file__).resolve().parents[1]
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 50, 230)}
-
-
-def _train_clip_module():
-    spec = importlib.util.spec_from_file_location("train_clip", REPO / "launch" / "train_clip.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_object_shards(root: Path, per_class: int = 4, views: int = 2, size: int = 32, captions: bool = True) -> Path:
@@ -99,7 +94,7 @@ def test_open_clip_train_trains_on_pair_shards_and_resumes(tmp_path):
     common = ["--shards", pairs.out, "--out", str(out), "--model", "c2p-tiny", "--batch-size", "8", "--warmup", "1",
               "--lr", "5e-3", "--log-every", "1"]
     # SLURM_NTASKS=2 as inside a multi-task allocation: still one process, not a DDP job waiting for a peer
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "SLURM_NTASKS": "2"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SLURM_NTASKS": "2"}
     proc = subprocess.run([sys.executable, str(REPO / "launch" / "train_clip.py"), *common, "--epochs", "2"],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -127,24 +122,22 @@ def test_open_clip_train_trains_on_pair_shards_and_resumes(tmp_path):
     assert final.encode_text(get_tokenizer("c2p-tiny")(["a red block"])).shape == (1, 64)
 
     # --resume latest (the default), in this process: continues from epoch_latest.pt with epoch 3 only
-    tc = _train_clip_module()
     torch.set_num_threads(1)
-    resumed = tc.main(common + ["--epochs", "3"])
+    resumed = train(common + ["--epochs", "3"])
     assert resumed["start_epoch"] == 2 and resumed["epochs_run"] == 1 and resumed["checkpoint"].endswith("epoch_3.pt")
     assert "resuming checkpoint" in (run / "out.log").read_text()
     after = create_clip("c2p-tiny", pretrained=resumed["weights"])
     assert not torch.allclose(after.encode_image(x), final.encode_image(x))
-    with pytest.raises(SystemExit, match="already holds a run"):
-        tc.main(common + ["--epochs", "3", "--resume", "none"])
-    with pytest.raises(SystemExit):
-        tc.parse_args(["--shards", pairs.out, "--out", "o", "--pretrained", str(tmp_path / "missing.pt")])
+    with pytest.raises(UsageError, match="already holds a run"):
+        train(common + ["--epochs", "3", "--resume", "none"])
+    with pytest.raises(UsageError, match="--pretrained"):
+        train(["--shards", pairs.out, "--out", "o", "--pretrained", str(tmp_path / "missing.pt")])
 
 
 def test_same_seed_same_weights_other_seed_other_weights(tmp_path):
     """Two open_clip_train runs with one --seed give bit-identical weights, with 0 and 1 workers:
     3 pair shards (shard order shuffled), 24 pairs through the sample shuffle buffer, 2 epochs of
     3 batches, so a clock-seeded shuffle would change the batches and the weights."""
-    tc = _train_clip_module()
     torch.set_num_threads(1)
     src = write_object_shards(tmp_path / "objects")
     pairs = export_pairs([src], tmp_path / "pairs", samples_per_shard=10)
@@ -154,7 +147,7 @@ def test_same_seed_same_weights_other_seed_other_weights(tmp_path):
     def weights(name: str, *extra: str) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
-        summary = tc.main(common + ["--out", str(tmp_path / name), *extra])
+        summary = train(common + ["--out", str(tmp_path / name), *extra])
         assert summary["steps"] == 6 and summary["epochs_run"] == 2
         return load_file(summary["weights"])
 
@@ -176,17 +169,16 @@ def test_open_clip_train_fixes_seed_the_sample_shuffle_per_run_not_per_epoch():
     so one shard order, must not mean the same batches every epoch)."""
     import webdataset as wds
 
-    tc = _train_clip_module()
     original = wds.shuffle
 
     def epochs(stage, n: int = 2) -> list[list[int]]:
         pipeline = wds.DataPipeline(lambda: iter(range(50)), stage)
         return [list(pipeline) for _ in range(n)]
 
-    with tc.open_clip_train_fixes(seed=3):
+    with open_clip_train_fixes(seed=3):
         run = epochs(wds.shuffle(bufsize=5000, initial=1000))
         again = epochs(wds.shuffle(bufsize=5000, initial=1000))
-    with tc.open_clip_train_fixes(seed=4):
+    with open_clip_train_fixes(seed=4):
         other = epochs(wds.shuffle(bufsize=5000, initial=1000))
     assert wds.shuffle is original  # restored on exit
     assert sorted(run[0]) == list(range(50)) and run[0] != list(range(50))

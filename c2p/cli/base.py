@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 from c2p.cluster.errors import JobFailedError, LaunchError
 from c2p.config.core import ConfigError, describe
 
-__all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_REFUSED", "UsageError", "command_parser", "run_command"]
+__all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_REFUSED", "UsageError", "command_parser", "run_command", "print_result"]
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
 
@@ -85,10 +85,11 @@ def _error(e: BaseException, status: int) -> int:
 
 
 def print_result(result: Any) -> None:
-    """Print a job's result line (JSON for dicts) on stdout, where scripts read it."""
+    """Print a job's result on stdout, where scripts read it: a dict as one JSON line, a string
+    (a path) as it is; anything else (a submitted job not waited for, a dry run) prints nothing."""
     import json
 
     if isinstance(result, dict):
         print(json.dumps(result, default=str), flush=True)
-    elif result is not None:
+    elif isinstance(result, str):
         print(result, flush=True)

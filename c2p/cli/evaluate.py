@@ -1,0 +1,78 @@
+"""Zero-shot evaluation of a depth tower (or of CLIP's image tower, the PointCLIP-style baseline).
+
+    c2p-evaluate --task zeroshot --config configs/downstream/zeroshot_modelnet40.yaml \\
+        --root data/ModelNet40 --depth-tower runs/vitb32/export/depth_tower.safetensors \\
+        [--cluster slurm|local] [--gpus-per-node 1 ...] [key=value ...]
+    c2p-evaluate --task zeroshot --run runs/vitb32 --config ... --root ...   # that run's export; reports in runs/vitb32/eval/
+
+Overrides are dotted keys of :class:`c2p.config.downstream.DownstreamConfig`
+(``encoder.views=6``, ``data.classes=[...]``). The whole config and the inputs it names are
+validated before anything is written or submitted. ``--cluster local`` (the default where no
+SLURM is configured) runs in this process; ``--cluster slurm`` submits one job.
+Reports go to ``<run.dir>/<run.name>/eval/zeroshot/``.
+Exit status: 0 done, 1 the evaluation failed, 2 bad arguments, config or inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from c2p.cli.base import command_parser, run_command
+from c2p.cli.downstream import add_downstream_args, check_inputs, downstream_overrides
+from c2p.cluster import ClusterOptions, add_cluster_args, launch
+from c2p.config import load_config, to_yaml
+from c2p.config.downstream import DownstreamConfig
+from c2p.corpora import CorpusError
+from c2p.eval.features import EvalError
+
+TARGETS = {"zeroshot": "c2p.eval.zeroshot:evaluate_zeroshot"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = command_parser(__doc__, DownstreamConfig)
+    p.add_argument("--task", choices=sorted(TARGETS), default="zeroshot")
+    add_downstream_args(p, depth_help="; omit for CLIP's image tower")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON line")
+    add_cluster_args(p, job_name="c2p-eval")
+    return p
+
+
+def body(args: argparse.Namespace) -> int:
+    from c2p.eval.zeroshot import eval_dir, evaluate_zeroshot
+
+    cfg = load_config(DownstreamConfig, args.config, downstream_overrides(args))
+    check_inputs(cfg)
+    opts = ClusterOptions.from_args(args)
+    if opts.cluster == "local" and not args.dry_run:
+        results = evaluate_zeroshot(cfg)
+    else:
+        results = launch(TARGETS[args.task], cfg, opts, eval_dir(cfg) / args.task, config_text=to_yaml(cfg),
+                         dry_run=args.dry_run, wait_for_result=args.wait)
+        if not isinstance(results, dict):  # dry run, or a submitted job not waited for
+            return 0
+    print_results(results, args.json)
+    return 0
+
+
+def print_results(results: dict, as_json: bool) -> None:
+    m = results["metrics"]
+    if as_json:
+        print(json.dumps({k: v for k, v in results.items() if k != "config"}, default=str))
+        return
+    print(
+        f"{results['task']} {results['corpus']}/{results['split']} ({results['encoder']}, {results['views']} views): "
+        f"top-1 {100 * m['top1']:.2f}%  top-5 {100 * m['top5']:.2f}%  mean class acc {100 * m['mean_class_acc']:.2f}%  "
+        f"over {m['n']} objects\nreport: {results['report']['markdown']}"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # EvalError, CorpusError: bad inputs found while reading them
+    return run_command(build_parser(), body, argv, refused=(EvalError, CorpusError))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

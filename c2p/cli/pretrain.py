@@ -1,0 +1,103 @@
+"""CLIP2Point pre-training on SLURM (through submitit) or as local processes.
+
+    c2p-pretrain --config configs/pretrain/tiny.yaml --cluster local --tasks-per-node 2
+    c2p-pretrain --config configs/pretrain/shapenet_vitb32.yaml --cluster slurm \\
+        --nodes 4 --gpus-per-node 8 --cpus-per-task 10 --partition gpu --time 48:00:00 [key=value ...]
+    c2p-pretrain ... --dry-run      # print the sbatch script and the resolved config
+
+Order of events (nothing is written before the config and the request passed their checks):
+the config is loaded and validated (``key=value`` overrides, paths made absolute, shards and
+weights checked to exist, the global batch checked to split over nodes x tasks x grad_accum);
+the resource request is checked against the cluster (partition, node sizes, ``sbatch
+--test-only``); ``<run.dir>/<run.name>/config.yaml`` is written; the job is submitted and its
+id, log paths and the commands to follow or cancel it are printed. Each rank maps the
+SLURM/submitit environment to torch.distributed (:mod:`c2p.cluster.env`) and runs
+``c2p.train.pretrain.run``. On GPU nodes there is one process per GPU (``--tasks-per-node``
+defaults to ``--gpus-per-node``).
+
+Preemption/timeout: the job is requeued (submitit ``checkpoint()``) and resumes from the
+run's ``latest`` committed checkpoint; a preemption loses at most ``checkpoint.every`` steps
+(see :mod:`c2p.cluster.submit`). Re-running the same command on an existing run directory also
+resumes it (``checkpoint.resume=auto``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from c2p.cli.base import command_parser, print_result, run_command
+from c2p.cluster import ClusterOptions, add_cluster_args, launch
+from c2p.config import ConfigError, load_config, to_yaml
+from c2p.config.pretrain import PretrainConfig
+
+TARGET = "c2p.train.pretrain:run"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = command_parser(__doc__, PretrainConfig)
+    add_cluster_args(p, job_name="c2p-pretrain")
+    return p
+
+
+def _expand_shards(entry: str) -> list[Path]:
+    """A shard entry → the files/directories it names (brace patterns expanded)."""
+    if "{" in entry:
+        import braceexpand  # webdataset's own dependency, the same expansion its reader uses
+
+        return [Path(p) for p in braceexpand.braceexpand(entry)]
+    return [Path(entry)]
+
+
+def resolve_paths(cfg: PretrainConfig) -> PretrainConfig:
+    """Paths made absolute, so that jobs find them whatever their working directory."""
+    absolute = lambda p: str(Path(p).expanduser().absolute()) if p else p  # noqa: E731
+    return dataclasses.replace(
+        cfg,
+        run=dataclasses.replace(cfg.run, dir=absolute(cfg.run.dir)),
+        data=dataclasses.replace(cfg.data, shards=[absolute(s) for s in cfg.data.shards]),
+        model=dataclasses.replace(cfg.model, pretrained=absolute(cfg.model.pretrained)),
+    )
+
+
+def check_inputs(cfg: PretrainConfig, opts: ClusterOptions) -> None:
+    """What the config alone cannot know: inputs exist, the batch splits over this world size."""
+    for i, entry in enumerate(cfg.data.shards):
+        for path in _expand_shards(entry):
+            if path.is_dir():
+                if not (path / "index.json").is_file():
+                    raise ConfigError(f"data.shards[{i}]", entry, f"a shard directory holding index.json ({path / 'index.json'} is missing)")
+            elif not path.is_file():
+                raise ConfigError(f"data.shards[{i}]", entry, f"an existing shard directory or .tar files ({path} does not exist)")
+    if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():
+        raise ConfigError("model.pretrained", cfg.model.pretrained, "an existing local weights file (or empty for random init)")
+    per_step = opts.world_size * cfg.train.grad_accum
+    if cfg.train.batch_size % per_step:
+        raise ConfigError(
+            "train.batch_size", cfg.train.batch_size,
+            f"a multiple of nodes x tasks-per-node x train.grad_accum = {opts.nodes} x {opts.tasks_per_node} x {cfg.train.grad_accum} = {per_step}",
+        )
+    if cfg.train.backend == "nccl" and not opts.gpus_per_node:
+        raise ConfigError("train.backend", "nccl", "gloo or auto when no GPUs are requested (--gpus-per-node 0)")
+    if cfg.train.precision == "bf16" and not opts.gpus_per_node:
+        raise ConfigError("train.precision", "bf16", "fp32 or auto on CPU ranks (--gpus-per-node 0)")
+
+
+def body(args: argparse.Namespace) -> int:
+    cfg = resolve_paths(load_config(PretrainConfig, args.config, args.overrides))
+    opts = ClusterOptions.from_args(args)
+    check_inputs(cfg, opts)
+    run_dir = Path(cfg.run.dir) / cfg.run.name
+    print_result(launch(TARGET, cfg, opts, run_dir, config_text=to_yaml(cfg), dry_run=args.dry_run, wait_for_result=args.wait))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_command(build_parser(), body, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""c2p.cluster.slurm's parsers and checks on canned ``sinfo``/``squeue`` text: no SLURM needed."""
+
+from __future__ import annotations
+
+import pytest
+
+from c2p.cluster import ClusterOptions, LaunchError
+from c2p.cluster.options import mem_mb
+from c2p.cluster.slurm import check_fit, parse_sinfo, parse_squeue_state, sbatch_script, slurm_parameters
+
+# `sinfo -h -N -o '%R|%N|%c|%m|%G'` on a small GPU cluster: a node in two partitions, typed and
+# untyped GPU GRES with socket bindings, a CPU-only node, a drained node's "+" suffix on CPUs.
+SINFO = """\
+gpu|gpu01|64|515000|gpu:a100:8(S:0-1)
+gpu|gpu02|64|515000|gpu:8
+gpu|gpu03|32+|257000|gpu:a100:4,gpu:t4:2
+cpu|cpu01|128|1030000|(null)
+debug|gpu01|64|515000|gpu:a100:8(S:0-1)
+"""
+
+
+def test_parse_sinfo_reads_partitions_nodes_and_gpus():
+    parts = parse_sinfo(SINFO)
+    assert sorted(parts) == ["cpu", "debug", "gpu"]
+    gpu = {n["name"]: n for n in parts["gpu"]}
+    assert gpu["gpu01"] == {"name": "gpu01", "cpus": 64, "mem_mb": 515000, "gpus": 8}
+    assert gpu["gpu02"]["gpus"] == 8
+    assert gpu["gpu03"] == {"name": "gpu03", "cpus": 32, "mem_mb": 257000, "gpus": 6}  # typed GRES summed
+    assert parts["cpu"][0]["gpus"] == 0
+    assert parse_sinfo("\n\n") == {}
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        ClusterOptions(cluster="slurm", nodes=2, tasks_per_node=8, gpus_per_node=8, partition="gpu"),
+        ClusterOptions(cluster="slurm", nodes=1, tasks_per_node=1, cpus_per_task=128, mem="1000G", partition="cpu"),
+        ClusterOptions(cluster="slurm", nodes=3, tasks_per_node=4, gpus_per_node=4),  # any partition: gpu01-03
+    ],
+)
+def test_requests_that_fit(opts):
+    check_fit(opts, parse_sinfo(SINFO))
+
+
+@pytest.mark.parametrize(
+    "opts, message",
+    [
+        (ClusterOptions(cluster="slurm", partition="h100"), "--partition 'h100': unknown partition; this cluster has: cpu, debug, gpu"),
+        (ClusterOptions(cluster="slurm", nodes=3, tasks_per_node=8, gpus_per_node=8, partition="gpu"), "partition 'gpu' has 2 node"),
+        (ClusterOptions(cluster="slurm", tasks_per_node=4, cpus_per_task=40, partition="gpu"), "largest node gpu01: 64 CPUs"),
+        (ClusterOptions(cluster="slurm", mem="2T", partition="cpu"), "with 2T memory"),
+    ],
+)
+def test_requests_that_cannot_fit_are_refused_with_the_reason(opts, message):
+    with pytest.raises(LaunchError) as e:
+        check_fit(opts, parse_sinfo(SINFO))
+    assert message in str(e.value)
+
+
+def test_no_partitions_is_refused():
+    with pytest.raises(LaunchError, match="no partitions"):
+        check_fit(ClusterOptions(cluster="slurm"), {})
+
+
+@pytest.mark.parametrize(
+    "stdout, stderr, rc, state",
+    [
+        ("RUNNING\n", "", 0, "RUNNING"),
+        ("PENDING\nPENDING\n", "", 0, "PENDING"),  # an array: the first element's state
+        ("", "slurm_load_jobs error: Invalid job id specified\n", 1, "GONE"),
+        ("", "", 0, "GONE"),  # forgotten after MinJobAge
+        ("", "slurm_load_jobs error: Socket timed out on send/recv operation\n", 1, "UNKNOWN"),
+    ],
+)
+def test_parse_squeue_state(stdout, stderr, rc, state):
+    assert parse_squeue_state(stdout, stderr, rc) == state
+
+
+def test_squeue_without_a_cluster_config_is_an_error_not_a_state():
+    with pytest.raises(LaunchError, match="squeue cannot reach SLURM"):
+        parse_squeue_state("", "squeue: fatal: Unable to process configuration file\n", 1)
+
+
+@pytest.mark.parametrize("text, mb", [("500M", 500), ("64G", 65536), ("64gb", 65536), ("1T", 1048576), ("2048", 2048), ("1024K", 1)])
+def test_mem_mb(text, mb):
+    assert mem_mb(text) == mb
+
+
+def test_mem_mb_refuses_other_text():
+    with pytest.raises(LaunchError, match="--mem '64 gigs'"):
+        mem_mb("64 gigs")
+
+
+def test_sbatch_parameters_and_script_carry_the_request(tmp_path):
+    opts = ClusterOptions(cluster="slurm", nodes=2, tasks_per_node=4, gpus_per_node=4, partition="gpu", mem="64G",
+                          sbatch={"mail-type": "END"}, time=90)
+    params = slurm_parameters(opts)
+    assert params["additional_parameters"] == {"requeue": True, "mem": "64G", "mail-type": "END"}
+    assert params["srun_args"] == ["--kill-on-bad-exit=1"] and "setup" not in params  # no environment edits in the job
+    script = sbatch_script(opts, tmp_path / "%j", array_size=3)
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4", "#SBATCH --time=90",
+                 "#SBATCH --partition=gpu", "#SBATCH --mem=64G", "#SBATCH --array=0-2%3", "#SBATCH --requeue"):
+        assert line in script.splitlines(), line
+    assert "PYTHONPATH" not in script
