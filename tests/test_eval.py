@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +12,16 @@ from torch import nn
 
 from c2p.config import load_config
 from c2p.config.downstream import DownstreamConfig
-from c2p.eval.features import EvalError, ViewFeatureCache, ViewSetting, load_depth_tower, load_split
+from c2p.eval.errors import EvalError
+from c2p.eval.features import ViewFeatureCache, ViewSetting
 from c2p.eval.report import classification_metrics
+from c2p.eval.splits import load_split
+from c2p.eval.towers import load_depth_tower
 from c2p.eval.zeroshot import evaluate_zeroshot, zeroshot_logits
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
 ZS_TINY, FS_TINY = str(REPO / "configs/downstream/zeroshot_tiny.yaml"), str(REPO / "configs/downstream/fewshot_tiny.yaml")
-if str(REPO) not in sys.path:  # launch/ is not an installed package: the launchers are imported from the checkout
-    sys.path.insert(0, str(REPO))
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -62,7 +62,7 @@ class CoverageTower(nn.Module):
 
     def __init__(self):
         super().__init__()
-        from c2p.render import CLIP_MEAN, CLIP_STD
+        from c2p.imagenorm import CLIP_MEAN, CLIP_STD
 
         self.background = (1.0 - float(CLIP_MEAN[0])) / float(CLIP_STD[0])
         self.dummy = nn.Parameter(torch.zeros(1))  # so module_hash / .to() have state
@@ -317,13 +317,13 @@ def test_fewshot_bad_inputs(tmp_path, synthetic):
 
 
 def test_launch_evaluate_and_finetune_locally(tmp_path, synthetic, capsys):
-    from launch.evaluate import main as evaluate_main
-    from launch.finetune import main as finetune_main
+    from c2p.cli.evaluate import main as evaluate_main
+    from c2p.cli.finetune import main as finetune_main
 
     import shutil
 
     root, tower = synthetic
-    # a pre-training run as launch/pretrain.py leaves it: export/depth_tower.safetensors + depth_tower.json
+    # a pre-training run as c2p-pretrain leaves it: export/depth_tower.safetensors + depth_tower.json
     pre = tmp_path / "runs" / "pre"
     (pre / "export").mkdir(parents=True)
     shutil.copy(tower, pre / "export" / "depth_tower.safetensors")
@@ -353,8 +353,8 @@ def test_launch_evaluate_and_finetune_locally(tmp_path, synthetic, capsys):
 
 
 def test_launchers_refuse_bad_inputs_before_running(tmp_path, synthetic, capsys):
-    from launch.evaluate import main as evaluate_main
-    from launch.finetune import main as finetune_main
+    from c2p.cli.evaluate import main as evaluate_main
+    from c2p.cli.finetune import main as finetune_main
 
     root, tower = synthetic
     common = ["--root", str(root), "--cluster", "local", f"run.dir={tmp_path}"]
@@ -373,20 +373,48 @@ def test_object_points_from_points_meshes_and_scenes():
     import trimesh
 
     from c2p.corpora import ObjectRecord, ObjectRef
-    from c2p.eval.features import _object_points
+    from c2p.eval.splits import object_points
 
     def rec(uid, mesh=None, points=None):
         return ObjectRecord(ObjectRef("c", uid, "a", 0, "src"), mesh, points)
 
     stored = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
-    sub = _object_points(rec("p", points=stored), 20)
-    assert sub.shape == (20, 3) and np.array_equal(sub, _object_points(rec("p", points=stored), 20))  # same uid, same draw
+    sub = object_points(rec("p", points=stored), 20)
+    assert sub.shape == (20, 3) and np.array_equal(sub, object_points(rec("p", points=stored), 20))  # same uid, same draw
     assert set(map(tuple, sub)) <= set(map(tuple, stored))
-    assert _object_points(rec("p", points=stored), 80).shape == (80, 3)  # fewer stored than asked: repeats
+    assert object_points(rec("p", points=stored), 80).shape == (80, 3)  # fewer stored than asked: repeats
     scene = trimesh.Scene([trimesh.creation.box(), trimesh.creation.icosphere()])
-    assert _object_points(rec("s", mesh=scene), 64).shape == (64, 3)
+    assert object_points(rec("s", mesh=scene), 64).shape == (64, 3)
     with pytest.raises(EvalError, match="neither points nor a mesh"):
-        _object_points(rec("n"), 8)
+        object_points(rec("n"), 8)
+
+
+# ----------------------------------------------------------------------------- held-out retrieval shards
+
+
+def test_load_heldout_reads_every_shard_in_key_order_and_refuses_a_truncated_one(tmp_path):
+    from c2p.eval.retrieval import load_heldout
+    from c2p.schema import SampleMeta, ShardWriter, encode_sample, make_key
+
+    rng = np.random.default_rng(0)
+    views = [[0.0, 0.0, 1.0], [90.0, 0.0, 1.0]]
+    for shard, uids in (("shard-000000.tar", ["o2", "o0"]), ("shard-000001.tar", ["o1"])):
+        with ShardWriter(tmp_path / shard) as w:
+            for uid in uids:
+                meta = SampleMeta(uid, "t", "a", 0, "src", views, 32)
+                rgb = [rng.integers(0, 255, (8, 8, 3), dtype=np.uint8) for _ in views]
+                w.write(encode_sample(make_key("t", uid), rng.uniform(-0.5, 0.5, (32, 3)), meta, rgb=rgb,
+                                      depth=[np.ones((8, 8))] * 2, imgfeat={"tiny": np.zeros((2, 4))}, caption="a thing"))
+    data = load_heldout(tmp_path, points=16, seed=0)
+    assert data.keys == ["t-o0", "t-o1", "t-o2"]
+    assert data.points.shape == (3, 16, 3) and data.rgb.shape == (3, 2, 8, 8, 3) and data.views.shape == (3, 2, 3)
+    assert data.views[0].tolist() == views
+    whole = (tmp_path / "shard-000001.tar").read_bytes()
+    (tmp_path / "shard-000001.tar").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(RuntimeError, match=r"held-out shard .*shard-000001.tar: ReadError"):
+        load_heldout(tmp_path, points=16)
+    with pytest.raises(FileNotFoundError, match="no shard-"):
+        load_heldout(tmp_path / "nothing")
 
 
 # ----------------------------------------------------------------------------- SLURM job array (real local cluster)
@@ -397,7 +425,7 @@ def test_object_points_from_points_meshes_and_scenes():
 def test_fewshot_sweep_as_a_slurm_job_array(tmp_path, synthetic, slurm_env, capsys):
     """The sweep goes out as ONE job array on the local SLURM (the ``slurm_env`` fixture);
     each element writes its results.json and the launcher builds the table from them."""
-    from launch.finetune import main as finetune_main
+    from c2p.cli.finetune import main as finetune_main
 
     root, tower = synthetic
     rc = finetune_main(["--cluster", "slurm", "--task", "fewshot", "--shots", "1", "--seed", "0", "1", "--time", "10",

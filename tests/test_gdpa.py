@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from c2p.eval.fewshot import AdapterData, predict, sample_shots, train_adapter
+from c2p.eval.fewshot import AdapterData, predict, train_adapter
+from c2p.eval.splits import sample_shots
 from c2p.models.gdpa import GatedDualPathAdapter, GlobalViewAggregator
 
 torch.set_num_threads(1)

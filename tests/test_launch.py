@@ -176,7 +176,8 @@ def test_pretrain_cluster_local_two_ranks_then_export(tmp_path, tiny_shards):
     assert (out / "depth_tower.safetensors").is_file() and r.stdout.strip().endswith("depth_tower.safetensors")
 
     # The export records the depth maps it learnt from; evaluation at another radius is warned about.
-    from c2p.eval.features import ViewSetting, pretraining_depth, warn_depth_mismatch
+    from c2p.eval.features import ViewSetting
+    from c2p.eval.towers import pretraining_depth, warn_depth_mismatch
 
     tower = out / "depth_tower.safetensors"
     assert pretraining_depth(tower) == {"image_size": 32, "radius": 0.04, "dist": 1.0}

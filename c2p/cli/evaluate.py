@@ -26,7 +26,7 @@ from c2p.cluster import ClusterOptions, add_cluster_args, launch
 from c2p.config import load_config, to_yaml
 from c2p.config.downstream import DownstreamConfig
 from c2p.corpora import CorpusError
-from c2p.eval.features import EvalError
+from c2p.eval.errors import EvalError
 
 TARGETS = {"zeroshot": "c2p.eval.zeroshot:evaluate_zeroshot"}
 
@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def body(args: argparse.Namespace) -> int:
-    from c2p.eval.zeroshot import eval_dir, evaluate_zeroshot
+    from c2p.eval.report import eval_dir
+    from c2p.eval.zeroshot import evaluate_zeroshot
 
     cfg = load_config(DownstreamConfig, args.config, downstream_overrides(args))
     check_inputs(cfg)

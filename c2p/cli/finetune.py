@@ -28,7 +28,7 @@ from c2p.cluster import ClusterOptions, add_cluster_args, launch_array
 from c2p.config import ConfigError, load_config
 from c2p.config.downstream import DownstreamConfig
 from c2p.corpora import CorpusError
-from c2p.eval.features import EvalError
+from c2p.eval.errors import EvalError
 
 TARGET = "c2p.eval.fewshot:run_one"
 
@@ -61,7 +61,7 @@ def build_config(args: argparse.Namespace) -> DownstreamConfig:
 
 def body(args: argparse.Namespace) -> int:
     from c2p.eval.fewshot import collect_sweep, run_sweep, sweep_configs
-    from c2p.eval.zeroshot import eval_dir
+    from c2p.eval.report import eval_dir
 
     cfg = build_config(args)
     opts = ClusterOptions.from_args(args)

@@ -1,8 +1,9 @@
 """Few-shot and fully supervised training of the Gated Dual-Path Adapter, and K × seed sweeps.
 
-The two frozen towers (CLIP's image tower and the exported CLIP2Point depth tower) encode the
-V depth views of every train and test object once (:class:`~c2p.eval.features.ViewFeatureCache`);
-training then only runs the adapter over those cached features:
+The two frozen towers (CLIP's image tower and the exported CLIP2Point depth tower,
+:mod:`c2p.eval.towers`) encode the V depth views of every train and test object once
+(:class:`~c2p.eval.features.ViewFeatureCache`); training then only runs the adapter over those
+cached features, on K objects per class drawn by :func:`~c2p.eval.splits.sample_shots`:
 
     results = run_fewshot(cfg, shots=16, seed=0)   # K=16 per class, reproducible from the seed
     results = run_fewshot(cfg, shots=0, seed=0)    # fully supervised: the whole train split
@@ -26,13 +27,15 @@ from torch import Tensor
 
 from c2p.config import config_hash, to_dict
 from c2p.config.downstream import DownstreamConfig
-from c2p.eval.features import EvalError, Split, ViewFeatureCache, build_towers, load_split, resolve_device, view_setting
-from c2p.eval.report import classification_metrics, write_report, write_sweep_report
-from c2p.eval.zeroshot import cache_dir, eval_dir, prompt_names
+from c2p.eval.errors import EvalError
+from c2p.eval.features import ViewFeatureCache, cache_dir
+from c2p.eval.report import classification_metrics, eval_dir, summarize_sweep, write_report, write_sweep_report
+from c2p.eval.splits import Split, load_split, sample_shots
+from c2p.eval.towers import build_towers, resolve_device, view_setting
+from c2p.eval.zeroshot import prompt_names
 from c2p.models.gdpa import GatedDualPathAdapter
 
 __all__ = [
-    "sample_shots",
     "AdapterData",
     "train_adapter",
     "predict",
@@ -48,23 +51,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def sample_shots(labels: Tensor, num_classes: int, shots: int, seed: int) -> Tensor:
-    """Indices of ``shots`` objects per class, drawn without replacement from ``seed``; sorted.
-
-    labels: [N] long in [0, num_classes). The draw of a class depends only on (seed, class,
-    the class's objects), so adding K keeps it reproducible. Raises :class:`EvalError` naming the
-    class when it has fewer than ``shots`` objects.
-    """
-    out = []
-    for c in range(num_classes):
-        idx = (labels == c).nonzero().flatten()
-        if idx.numel() < shots:
-            raise EvalError(f"few-shot K={shots}: class index {c} has {idx.numel()} training objects; expected at least {shots}")
-        g = torch.Generator().manual_seed(seed * 1_000_003 + c)
-        out.append(idx[torch.randperm(idx.numel(), generator=g)[:shots]])
-    return torch.cat(out).sort().values
-
-
 @dataclass
 class AdapterData:
     """Cached frozen features of one split: clip/depth [N,V,D] float32 (None if the path is unused), labels [N]."""
@@ -74,6 +60,7 @@ class AdapterData:
     labels: Tensor
 
     def subset(self, idx: Tensor) -> "AdapterData":
+        """The objects at ``idx`` ([K] long) of every feature and the labels."""
         return AdapterData(None if self.clip is None else self.clip[idx], None if self.depth is None else self.depth[idx], self.labels[idx])
 
     def __len__(self) -> int:
@@ -159,7 +146,6 @@ class Prepared:
     num_views: int
     checkpoint_hash: str
     clip_hash: str
-    test_split: Split
 
 
 def prepare(cfg: DownstreamConfig) -> Prepared:
@@ -191,7 +177,7 @@ def prepare(cfg: DownstreamConfig) -> Prepared:
         depth = cache.features(split.points, towers.depth_visual, setting, cfg.encoder.batch_size, device) if paths in ("both", "depth") else None
         return AdapterData(clip, depth, split.labels)
 
-    return Prepared(feats(train), feats(test), train.classes, text, towers.logit_scale, setting.num_views, towers.depth_hash, towers.clip_hash, test)
+    return Prepared(feats(train), feats(test), train.classes, text, towers.logit_scale, setting.num_views, towers.depth_hash, towers.clip_hash)
 
 
 def result_dir(cfg: DownstreamConfig, shots: int, seed: int) -> Path:
@@ -307,8 +293,6 @@ def collect_sweep(cfg: DownstreamConfig) -> dict:
 
 
 def _write_sweep(cfg: DownstreamConfig, runs: list[dict]) -> dict:
-    from c2p.eval.report import summarize_sweep
-
     task = "supervised" if cfg.finetune.task == "supervised" else "fewshot"
     title = f"{task} {cfg.data.corpus} ({cfg.adapter.paths}) — {cfg.run.name}"
     paths = write_sweep_report(eval_dir(cfg) / task, runs, title=title)

@@ -1,5 +1,6 @@
 """Classification metrics and the reports people read: ``results.json``, a markdown table, a
 confusion-matrix PNG, and for a few-shot sweep a mean ± std table per K with an accuracy-vs-K plot.
+They go under :func:`eval_dir`, ``<run.dir>/<run.name>/eval/``.
 
 Nothing here depends on time or host, so re-running an evaluation with the same seeds writes
 the same files (the PNGs carry no timestamp).
@@ -16,10 +17,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["classification_metrics", "confusion_matrix", "write_report", "write_sweep_report", "summarize_sweep"]
+from c2p.config.downstream import DownstreamConfig
+
+__all__ = ["eval_dir", "classification_metrics", "confusion_matrix", "write_report", "write_sweep_report", "summarize_sweep"]
 
 # no "Software"/date chunks: identical inputs give identical PNG bytes
 _PNG_META = {"Software": None}
+
+
+def eval_dir(cfg: DownstreamConfig) -> Path:
+    """``<run.dir>/<run.name>/eval``: where the reports of a downstream run go."""
+    return Path(cfg.run.dir) / cfg.run.name / "eval"
 
 
 def confusion_matrix(pred: Tensor, labels: Tensor, num_classes: int) -> np.ndarray:

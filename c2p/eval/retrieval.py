@@ -10,6 +10,7 @@ CLIP's image tower itself; after, it is the CLIP2Point depth tower.
 from __future__ import annotations
 
 import glob
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,16 +32,36 @@ class HeldOut:
     views: Tensor
 
 
+def _used_member(name: str) -> bool:
+    """Whether retrieval reads the tar member ``<key>.<member>``: depth previews, image features
+    and captions are skipped unread."""
+    member = name.split(".", 1)[1] if "." in name else name
+    return member in ("meta.json", "points.npy") or member.startswith("rgb.")
+
+
 def load_heldout(shard_dir: str | Path, points: int = 1024, seed: int = 0) -> HeldOut:
-    """Read every sample of the tars in ``shard_dir`` (in key order); subsample ``points`` per object."""
+    """Every sample of the ``shard-*.tar`` files in ``shard_dir``, in key order; ``points`` per
+    object subsampled without replacement from ``seed`` (all of them when an object has fewer).
+
+    Returns points [N,P,3] float32, rgb [N,V,H,W,3] uint8 and views [N,V,3] (elev°, azim°, dist).
+    Raises FileNotFoundError when ``shard_dir`` holds no shard, RuntimeError naming the shard
+    when one cannot be read whole (a retrieval score over part of the objects would mislead).
+    """
+    from c2p.data.reader import read_shard
+
     paths = sorted(glob.glob(str(Path(shard_dir) / "shard-*.tar")))
     if not paths:
-        raise FileNotFoundError(f"no shard-*.tar in {shard_dir}; expected the output of launch/render.py")
-    import webdataset as wds
-
+        raise FileNotFoundError(f"no shard-*.tar in {shard_dir}; expected the output of the render job (c2p-render)")
+    samples = []
+    for path in paths:
+        try:
+            samples.extend(read_shard(path, select=_used_member))
+        except (tarfile.TarError, OSError, ValueError) as e:  # not a tar, truncated, unreadable, a repeated member
+            raise RuntimeError(f"held-out shard {path}: {type(e).__name__}: {e}; expected a whole tar") from e
+    samples.sort(key=lambda s: s["__key__"])
     rng = np.random.default_rng(seed)
     keys, pts, rgbs, views = [], [], [], []
-    for sample in sorted(wds.WebDataset(paths, shardshuffle=False, empty_check=False), key=lambda s: s["__key__"]):
+    for sample in samples:
         meta = schema.SampleMeta.from_json(sample["meta.json"])
         p = schema.decode_points(sample["points.npy"])
         p = p[rng.choice(len(p), size=min(points, len(p)), replace=False)]
@@ -58,7 +79,8 @@ def depth_image_retrieval(data: HeldOut, image_tower: nn.Module, depth_tower: nn
 
     ``image_tower``/``depth_tower``: [B,3,S,S] → [B,D]. Returns ``{"top1": float, "per_view": [V floats], "objects": N}``.
     """
-    from c2p.render import normalize_depth, normalize_rgb, render_depth
+    from c2p.imagenorm import normalize_rgb
+    from c2p.render import normalize_depth, render_depth
 
     image_tower.eval()
     depth_tower.eval()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -22,20 +21,13 @@ from torch import Tensor, nn
 
 from c2p.config import config_hash, to_dict
 from c2p.config.downstream import DownstreamConfig
-from c2p.eval.features import (
-    EvalError,
-    Split,
-    ViewFeatureCache,
-    ViewSetting,
-    build_towers,
-    load_split,
-    module_hash,
-    resolve_device,
-    view_setting,
-)
-from c2p.eval.report import classification_metrics, write_report
+from c2p.eval.errors import EvalError
+from c2p.eval.features import ViewFeatureCache, ViewSetting, cache_dir, encode_views, module_hash
+from c2p.eval.report import classification_metrics, eval_dir, write_report
+from c2p.eval.splits import Split, load_split
+from c2p.eval.towers import build_towers, resolve_device, view_setting
 
-__all__ = ["zeroshot_logits", "prompt_names", "classify_zeroshot", "evaluate_zeroshot", "eval_dir", "cache_dir"]
+__all__ = ["zeroshot_logits", "prompt_names", "classify_zeroshot", "evaluate_zeroshot"]
 
 log = logging.getLogger(__name__)
 
@@ -57,20 +49,6 @@ def prompt_names(classes: list[str]) -> list[str]:
     return [c.replace("_", " ") for c in classes]
 
 
-def run_dir(cfg: DownstreamConfig) -> Path:
-    return Path(cfg.run.dir) / cfg.run.name
-
-
-def eval_dir(cfg: DownstreamConfig) -> Path:
-    """``<run.dir>/<run.name>/eval``: where reports go."""
-    return run_dir(cfg) / "eval"
-
-
-def cache_dir(cfg: DownstreamConfig) -> Path:
-    """View-feature cache directory (``encoder.cache_dir`` or ``<run>/cache/features``)."""
-    return Path(cfg.encoder.cache_dir) if cfg.encoder.cache_dir else run_dir(cfg) / "cache" / "features"
-
-
 def classify_zeroshot(
     split: Split,
     visual: nn.Module,
@@ -87,8 +65,6 @@ def classify_zeroshot(
     if cache is not None:
         feats = cache.features(split.points, visual, setting, batch_size=batch_size, device=device)
     else:
-        from c2p.eval.features import encode_views
-
         feats = encode_views(split.points, visual, setting, batch_size=batch_size, device=device)
     return zeroshot_logits(feats, text_features.cpu())
 

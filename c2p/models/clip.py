@@ -11,7 +11,7 @@ the demo run on a CPU:
 | ``c2p-small`` | 64²   | 16    | 192×4               | 128×4 (ctx 32)    | 128   | ~9.0M (6.3M embedding) |
 
 ``c2p-small`` uses 16-pixel patches (a 4×4 grid at 64²): 4× cheaper than 8-pixel ones, which
-lets the demo train its CLIP and two depth towers in minutes on 2 CPU cores.
+lets the demo train its CLIP and two depth towers in minutes on a CPU.
 
 Both use the default CLIP BPE tokenizer (vocab 49408), so ``get_tokenizer`` works as for
 any open_clip model; ``c2p-small`` shortens the context to 32 tokens because captions and
