@@ -14,8 +14,9 @@ this module, so the format is defined once.
 | ``txt``             | optional caption                                                   |
 
 A shard directory also holds ``index.json`` (:class:`ShardIndex`), ``errors.jsonl`` and
-``previews/``. Tars are written by :class:`ShardWriter`: deterministic headers (mtime 0,
-sorted members), a temporary name, fsync, then an atomic rename.
+``previews/``; every name in it comes from :mod:`c2p.sharddir`. Tars are written by
+:class:`ShardWriter`: deterministic headers (mtime 0, sorted members), a temporary name,
+fsync, then an atomic rename.
 """
 
 from __future__ import annotations
@@ -34,10 +35,11 @@ import numpy as np
 
 from c2p.fileio import TMP_SUFFIX, atomic_write_bytes
 
+# The names of a shard directory are c2p.sharddir's; the three a reader needs stay importable
+# from the schema too, the one module every reader and writer of shards already imports.
+from c2p.sharddir import ERRORS_NAME, INDEX_NAME, SHARD_PATTERN, ShardDir  # noqa: F401
+
 SCHEMA_VERSION = 1
-INDEX_NAME = "index.json"
-ERRORS_NAME = "errors.jsonl"
-SHARD_PATTERN = "shard-{:06d}.tar"
 
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
 
@@ -221,16 +223,20 @@ class ShardIndex:
         return sum(self.shards.values())
 
     def shard_paths(self, root: str | Path) -> list[str]:
-        return [str(Path(root) / name) for name in sorted(self.shards)]
+        """Paths of the listed shards under ``root``, sorted by name."""
+        return [str(ShardDir(root).shard(name)) for name in sorted(self.shards)]
 
     def save(self, root: str | Path) -> Path:
-        path = Path(root) / INDEX_NAME
+        """Write ``index.json`` into ``root`` atomically; returns its path."""
+        path = ShardDir(root).index
         atomic_write_bytes(path, json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True).encode())
         return path
 
     @classmethod
     def load(cls, root: str | Path) -> "ShardIndex":
-        path = Path(root) / INDEX_NAME
+        """The ``index.json`` of shard directory ``root``; raises FileNotFoundError, or ValueError
+        for another schema version."""
+        path = ShardDir(root).index
         if not path.is_file():
             raise FileNotFoundError(f"shard index {path} does not exist; expected a directory written by launch/render.py")
         d = json.loads(path.read_text())

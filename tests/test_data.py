@@ -19,7 +19,7 @@ import torch
 from c2p.config.core import ConfigError
 from c2p.config.pretrain import DataConfig
 from c2p.data import PretrainStream, epoch_samples
-from c2p.render import CLIP_MEAN, CLIP_STD
+from c2p.imagenorm import CLIP_MEAN, CLIP_STD
 from c2p.schema import SHARD_PATTERN, SampleMeta, ShardIndex, ShardWriter, encode_sample, make_key
 
 VIEWS = 3
@@ -297,6 +297,29 @@ def test_reader_counts_each_broken_shard_once(corpora):
     assert keys[:8] == [f"broken-s0o{i}" for i in range(8)]
     assert 0 < sum(k.startswith("broken-s1") for k in keys) < 8  # the readable head of the truncated tar
     assert keys[-4:] == [f"broken-x{i}" for i in range(4)]  # x2 is read; decoding skips it
+
+
+def test_read_shard_yields_whole_samples_then_raises(corpora):
+    """One shard in order: what read_samples reads of a whole shard; on a truncated one, the
+    samples before the damage, never the one the damage cut, then the error."""
+    from c2p.data.reader import ReadStats, read_samples, read_shard
+
+    broken = corpora["broken"]
+    whole = str(broken / SHARD_PATTERN.format(0))
+    assert [s["__key__"] for s in read_shard(whole)] == [s["__key__"] for s in read_samples([whole], ReadStats())]
+    assert all(s["__url__"] == whole and {"points.npy", "meta.json"} <= set(s) for s in read_shard(whole))
+    only_meta = next(read_shard(whole, select=lambda n: n.endswith(".json")))
+    assert set(only_meta) == {"__key__", "__url__", "meta.json"}
+
+    truncated = str(broken / SHARD_PATTERN.format(1))
+    got = []
+    with pytest.raises(tarfile.ReadError):
+        for sample in read_shard(truncated):
+            got.append(sample["__key__"])
+    streamed = [s["__key__"] for s in read_samples([truncated], ReadStats())]
+    assert got == streamed[:-1] and len(got) >= 1  # the stream also hands on the cut sample (decoding skips it)
+    with pytest.raises(tarfile.ReadError):
+        next(read_shard(str(broken / SHARD_PATTERN.format(2))))  # not a tar
 
 
 @pytest.mark.parametrize("fmt", ["ustar", "pax", "gnu", "gz"])

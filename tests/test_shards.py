@@ -1,4 +1,4 @@
-"""shards/: the deterministic plan, the Ray render job and its guarantees.
+"""c2p.shards: the deterministic plan, the Ray render job and its guarantees.
 
 One real local Ray cluster (2 CPUs) is shared by the module. The corpus is the synthetic one
 in ShapeNet layout with broken inputs mixed in: an empty file, garbage bytes, NaN vertices,
@@ -12,7 +12,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -170,13 +169,13 @@ def test_duplicate_keys_and_object_seeds():
 
 
 def test_gpu_ordinal_and_fault_spec(monkeypatch):
-    from c2p.shards.job import _cuda_ordinal
-    from c2p.shards.task import parse_fault
+    from c2p.shards.faults import parse_fault
+    from c2p.shards.raytasks import cuda_ordinal
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
-    assert _cuda_ordinal([5]) == 1 and _cuda_ordinal([]) is None  # Ray's physical id -> this process's ordinal
+    assert cuda_ordinal([5]) == 1 and cuda_ordinal([]) is None  # Ray's physical id -> this process's ordinal
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-    assert _cuda_ordinal(["2"]) == 2
+    assert cuda_ordinal(["2"]) == 2
     assert parse_fault("") is None
     assert parse_fault("shard=3,after=2,marker=/m") == {"shard": 3, "after": 2, "marker": "/m"}
     with pytest.raises(ValueError, match="C2P_FAULT_INJECT"):

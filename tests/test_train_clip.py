@@ -18,7 +18,8 @@ from c2p.cli.base import UsageError
 from c2p.cli.train_clip import train
 from c2p.models.clip import create_clip, get_tokenizer
 from c2p.schema import SHARD_PATTERN, SampleMeta, ShardIndex, ShardWriter, encode_sample, make_key
-from c2p.shards.pairs import export_pairs, load_export, read_object_samples
+from c2p.data.reader import read_shard
+from c2p.shards.pairs import export_pairs, load_export
 from c2p.train.openclip import open_clip_train_fixes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,10 +61,10 @@ def test_export_pairs_one_image_and_caption_per_sample(tmp_path):
     with tarfile.open(tmp_path / "pairs" / "pairs-000000.tar") as tar:
         names = tar.getnames()
     assert names[:4] == ["test-blue0_v0.png", "test-blue0_v0.txt", "test-blue0_v1.png", "test-blue0_v1.txt"]
-    first = next(read_object_samples(tmp_path / "pairs" / "pairs-000000.tar"))
+    first = next(read_shard(tmp_path / "pairs" / "pairs-000000.tar"))
     assert first["txt"] == b"a blue block"
     # the PNG is the object shard's bytes, unchanged
-    obj = next(read_object_samples(src / "shard-000000.tar"))
+    obj = next(read_shard(src / "shard-000000.tar"))
     assert first["png"] == obj["rgb.0.png"]
     # webdataset (what open_clip_train reads with) sees image + text per sample
     import webdataset as wds
@@ -80,7 +81,7 @@ def test_export_pairs_skips_corrupt_shards_and_uses_label_captions(tmp_path):
     summary = export_pairs([src], tmp_path / "pairs", views=[1], caption_template="a {label}")
     assert len(summary.corrupt_shards) == 1 and "shard-000001.tar" in summary.corrupt_shards[0]
     assert summary.num_samples == summary.objects >= 6  # the intact shard's 6 objects, view 1 only
-    first = next(read_object_samples(tmp_path / "pairs" / "pairs-000000.tar"))
+    first = next(read_shard(tmp_path / "pairs" / "pairs-000000.tar"))
     assert first["__key__"].endswith("_v1") and first["txt"] in (b"a blue", b"a green", b"a red")
     with pytest.raises(FileNotFoundError, match="nowhere"):
         export_pairs([tmp_path / "nowhere"], tmp_path / "p2")

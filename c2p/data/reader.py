@@ -1,9 +1,14 @@
-"""Reading raw samples out of tar shards, counting what could not be read.
+"""Reading raw samples out of tar shards: the one reader of c2p's tars.
 
-A shard that cannot be opened, is not a tar, or ends early (a truncated copy) costs the
-samples after the damage and nothing else: the error is counted in :class:`ReadStats`,
-remembered as ``last_error``, and reading goes on with the next shard. Nothing sleeps and
-nothing is retried: in a resampled stream the same shard simply comes up again later.
+Two ways in, one member loop and one grouping rule:
+
+- :func:`read_samples` (the loader's stream over many shards): a shard that cannot be
+  opened, is not a tar, or ends early (a truncated copy) costs the samples after the damage
+  and nothing else: the error is counted in :class:`ReadStats`, remembered as ``last_error``,
+  and reading goes on with the next shard. Nothing sleeps and nothing is retried: in a
+  resampled stream the same shard simply comes up again later.
+- :func:`read_shard` (one shard, in order: previews, exports, checks): the damage raises,
+  after every sample that was whole before it.
 
 Members are grouped into samples by WebDataset's ``group_by_keys``. The member loop is
 ours (:mod:`c2p.data.tarmembers`) rather than WebDataset's streaming ``tar_file_iterator``
@@ -16,6 +21,7 @@ failed member.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Iterator
 
@@ -88,9 +94,9 @@ def read_samples(
             stats.shards_opened += 1
             got = 0
             try:
-                for name, data in iter_members(url, select):
+                for file in _member_files(url, select):
                     got += 1
-                    yield {"fname": name, "data": data, "__url__": url}
+                    yield file
             except Exception as exn:  # any read failure is the shard's fault: count it, go on
                 stats.corrupt(url, exn)
             # End-of-shard marker: group_by_keys flushes the shard's last sample (a truncated
@@ -110,3 +116,22 @@ def read_samples(
         stats.samples_read += 1
         yield sample
 
+
+def read_shard(url: str | os.PathLike, select: Callable[[str], bool] | None = None) -> Iterator[dict]:
+    """Raw samples ``{"__key__", "__url__", "<member>": bytes, ...}`` of the one tar at ``url``, in tar order.
+
+    Grouped as :func:`read_samples` groups them (WebDataset's rule: a member's key is its name
+    up to the first dot). Raises ``tarfile.ReadError`` when the tar is not one, is garbled or
+    ends early, ``OSError`` when it cannot be read, ``ValueError`` for a member name that
+    repeats within a sample. On damage the sample being read is not yielded, as it may lack
+    members: every sample yielded is whole.
+    """
+    # group_by_keys yields a sample when the next one starts (or the tar ends cleanly), so the
+    # sample in progress when iter_members raises is dropped with the exception.
+    yield from group_by_keys(_member_files(url, select), lcase=False)
+
+
+def _member_files(url: str | os.PathLike, select: Callable[[str], bool] | None) -> Iterator[dict]:
+    """The tar's members as the file records ``group_by_keys`` groups into samples."""
+    for name, data in iter_members(url, select):
+        yield {"fname": name, "data": data, "__url__": url}

@@ -1,14 +1,22 @@
 """The write side of the data: a Ray job that renders a corpus into WebDataset shards.
 
-| module      | concept                                                                 |
-|-------------|-------------------------------------------------------------------------|
-| ``plan``    | deterministic plan (objects → shards), render settings, ``plan.json``    |
-| ``task``    | one shard: load, sample points, render, encode, write (plain function)  |
-| ``features``| frozen image-tower features (``imgfeat.<tag>.npy``) held by Ray actors  |
-| ``job``     | the driver: resume, Ray tasks, progress, ``index.json``, summary        |
-| ``preview`` | ``previews/`` contact sheets read back from the shards                   |
+| module      | concept                                                                    |
+|-------------|----------------------------------------------------------------------------|
+| ``plan``    | deterministic plan (objects → shards), render settings, ``plan.json``       |
+| ``objects`` | one object: load, sample points, render RGB views and depth, encode        |
+| ``sink``    | the writer thread: encode and write while the next object renders          |
+| ``task``    | one shard: its objects into a tar and a ``parts/`` record (plain function) |
+| ``faults``  | injected worker deaths (``C2P_FAULT_INJECT``): retries must come out whole |
+| ``features``| frozen image-tower features (``imgfeat.<tag>.npy``) held by Ray actors      |
+| ``raytasks``| the shard tasks on Ray: retries, concurrency, progress                     |
+| ``output``  | the output directory: claim it, find complete shards, write ``index.json``  |
+| ``job``     | the driver: plan, output, tasks, previews, summary                         |
+| ``preview`` | ``previews/`` contact sheets read back from the shards                      |
+| ``pairs``   | image–text pair shards for open_clip's trainer                              |
 
-Entry point for people: ``python launch/render.py --corpus NAME --root DIR --out DIR``.
+Every file and folder name of the output directory comes from :mod:`c2p.sharddir`, which
+the readers of shards share. Entry point for people: ``c2p-render --corpus NAME --root DIR --out DIR``
+(``launch/render.py``).
 """
 
 from c2p.shards.job import format_summary, run_render_job

@@ -18,7 +18,7 @@ import numpy as np
 
 class ImageFeatureEncoder:
     """The image tower of open_clip model ``model_name`` (weights from the local ``pretrained`` file,
-    or a random init seeded with ``seed`` when empty — the tests' tiny configs).
+    or, when empty, a random init seeded with ``seed``: identical in every actor and every run).
 
     device: "cpu", "cuda" or "auto" (cuda when this process was given a GPU).
     """
@@ -47,7 +47,7 @@ class ImageFeatureEncoder:
         """uint8 ``[V,H,W,3]`` → float ``[V,3,S,S]`` CLIP-normalised at the tower's size S."""
         import torch
 
-        from c2p.render import normalize_rgb
+        from c2p.imagenorm import normalize_rgb
 
         x = torch.from_numpy(np.array(rgb, copy=True))  # Ray hands read-only views of the object store
         return normalize_rgb(x.to(self.device), self.size)

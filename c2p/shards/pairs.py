@@ -13,8 +13,9 @@ open_clip_train's ``--dataset-type webdataset`` reads:
 The output directory holds ``pairs-NNNNNN.tar`` shards (written atomically by
 :class:`c2p.schema.ShardWriter`), ``sizes.json`` (shard name → samples: open_clip_train's
 epoch length when ``--train-num-samples`` is left out) and ``pairs.json`` (totals, the
-brace pattern to pass as ``--train-data``, and the sources). Corrupt object shards are
-counted and skipped, never fatal.
+brace pattern to pass as ``--train-data``, and the sources). Object shards are read with
+the loader's reader (:func:`c2p.data.reader.read_shard`); corrupt ones are counted and
+skipped, never fatal.
 
     python -m c2p.shards.pairs --shards runs/demo/shards/train --out runs/demo/pairs
 """
@@ -23,13 +24,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import tarfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
+from c2p.data.reader import read_shard
 from c2p.fileio import atomic_write_bytes
-from c2p.schema import INDEX_NAME, ShardIndex, ShardWriter, SampleMeta
+from c2p.schema import ShardIndex, ShardWriter, SampleMeta
+from c2p.sharddir import INDEX_NAME, ShardDir
 
 PAIR_PATTERN = "pairs-{:06d}.tar"
 SIZES_NAME = "sizes.json"
@@ -57,7 +59,7 @@ def object_shard_paths(sources: Sequence[str | Path]) -> list[Path]:
     paths: list[Path] = []
     for src in sources:
         src = Path(src)
-        if src.is_dir() and (src / INDEX_NAME).is_file():
+        if src.is_dir() and ShardDir(src).index.is_file():
             paths += [Path(p) for p in ShardIndex.load(src).shard_paths(src)]
         elif src.is_file() and src.suffix == ".tar":
             paths.append(src)
@@ -65,34 +67,6 @@ def object_shard_paths(sources: Sequence[str | Path]) -> list[Path]:
             raise FileNotFoundError(f"object shard source {str(src)!r} is neither a shard directory with "
                                     f"{INDEX_NAME} nor a .tar file")
     return paths
-
-
-def read_object_samples(tar_path: Path) -> Iterator[dict[str, bytes]]:
-    """Raw samples ``{"__key__": key, "<member>": bytes}`` of one object shard, in tar order.
-    A member's key is its name up to the first dot (WebDataset's rule; c2p keys have no dots).
-
-    Raises ``tarfile.ReadError`` naming the file when the tar ends without its end-of-archive
-    blocks (a file cut short on a header boundary, which ``tarfile`` itself reads as a clean
-    end); the sample being read then is not yielded, as it may lack members.
-    """
-    current: dict[str, bytes] | None = None
-    with tarfile.open(tar_path, "r") as tar:
-        for info in tar:
-            if not info.isfile() or "." not in info.name:
-                continue
-            key, member = info.name.split(".", 1)
-            if current is None or current["__key__"] != key:
-                if current is not None:
-                    yield current
-                current = {"__key__": key}
-            current[member] = tar.extractfile(info).read()
-        # tarfile stops quietly at a missing or cut header; a whole archive has two zero blocks there
-        size = Path(tar_path).stat().st_size
-        if size < tar.offset + 2 * tarfile.BLOCKSIZE:
-            raise tarfile.ReadError(f"{str(tar_path)!r} ends at byte {size}, inside or before the header at "
-                                    f"{tar.offset}; expected a whole tar (truncated shard?)")
-    if current is not None:
-        yield current
 
 
 def caption_of(sample: dict[str, bytes], template: str) -> str:
@@ -148,13 +122,13 @@ def export_pairs(sources: Sequence[str | Path], out: str | Path, *, samples_per_
 
     try:
         for tar_path in object_shard_paths(sources):
-            samples = read_object_samples(tar_path)
+            samples = read_shard(str(tar_path))
             while True:
                 try:
                     sample = next(samples)
                 except StopIteration:
                     break
-                except (tarfile.TarError, OSError, EOFError) as e:
+                except Exception as e:  # any read failure is the shard's fault, as in the loader:
                     # a truncated or corrupt shard is counted and its rest skipped; the export goes on
                     # (the objects read before the damage are whole: a sample ends where the next key starts)
                     summary.corrupt_shards.append(f"{tar_path}: {type(e).__name__}: {e}")

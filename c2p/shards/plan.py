@@ -24,11 +24,12 @@ from c2p.config.core import config_diff
 from c2p.config.render import RenderJobConfig
 from c2p.corpora import ErrorRecord, ObjectRef
 from c2p.fileio import atomic_write_bytes
-from c2p.schema import SCHEMA_VERSION, SHARD_PATTERN, make_key
+from c2p.schema import SCHEMA_VERSION, make_key
+from c2p.sharddir import ShardDir, shard_name
 
-PLAN_NAME = "plan.json"
-# Bumped whenever task.py changes what it writes for the same settings (points, views, meta):
-# an output written by an older renderer is then refused instead of silently mixed.
+# Bumped whenever the shard task (c2p.shards.objects, c2p.shards.task) changes what it writes
+# for the same settings (points, views, meta): an output written by an older renderer is then
+# refused instead of silently mixed.
 RENDERER_VERSION = "c2p-shards-1"
 
 
@@ -41,7 +42,7 @@ class ShardSpec:
 
     @property
     def name(self) -> str:
-        return SHARD_PATTERN.format(self.index)
+        return shard_name(self.index)
 
 
 @dataclass
@@ -177,7 +178,9 @@ class PlanMismatch(ValueError):
 
 
 def read_plan_record(out: str | Path) -> dict[str, Any] | None:
-    path = Path(out) / PLAN_NAME
+    """The ``plan.json`` record in ``out`` (see :meth:`RenderPlan.to_record`), or None when there is none.
+    Raises :class:`PlanMismatch` when it exists but cannot be read."""
+    path = ShardDir(out).plan
     if not path.is_file():
         return None
     try:
@@ -207,6 +210,7 @@ def check_plan(out: str | Path, plan: RenderPlan) -> None:
 
 
 def write_plan_record(out: str | Path, plan: RenderPlan) -> Path:
-    path = Path(out) / PLAN_NAME
+    """Record ``plan`` as the owner of ``out`` (``plan.json``, atomically); returns its path."""
+    path = ShardDir(out).plan
     atomic_write_bytes(path, json.dumps(plan.to_record(), indent=1, sort_keys=True).encode())
     return path

@@ -1,34 +1,21 @@
 """``previews/``: contact sheets of the first samples of a render, read back from the shards.
 
-Read from the finished tars (not from the renderer's memory), a preview shows what a
-reader of the shards gets: the decoded RGB views and, when stored, the point-cloud depth of
-each view beside them — a quick look tells whether renders and depth maps pair up.
+Read from the finished tars (not from the renderer's memory) with the loader's reader
+(:func:`c2p.data.reader.read_shard`), a preview shows what a reader of the shards gets: the
+decoded RGB views and, when stored, the point-cloud depth of each view beside them — a quick
+look tells whether renders and depth maps pair up.
 """
 
 from __future__ import annotations
 
-import tarfile
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 
+from c2p.data.reader import read_shard
 from c2p.schema import SampleMeta, ShardIndex, decode_image, rgb_member, rgb_views
-
-
-def read_samples(shard: str | Path, limit: int) -> list[dict[str, bytes]]:
-    """The first ``limit`` samples of a tar shard as raw ``{member suffix: bytes}`` dicts (``__key__`` included)."""
-    samples: list[dict[str, bytes]] = []
-    with tarfile.open(shard) as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            key, _, suffix = info.name.partition(".")
-            if not samples or samples[-1]["__key__"] != key:
-                if len(samples) == limit:
-                    break
-                samples.append({"__key__": key})
-            samples[-1][suffix] = tar.extractfile(info).read()
-    return samples
+from c2p.sharddir import ShardDir
 
 
 def _points_depth(points_npy: bytes, views: list[list[float]], size: int) -> np.ndarray:
@@ -58,10 +45,10 @@ def write_previews(out: str | Path, index: ShardIndex, count: int, per_sheet: in
     for shard in shards:
         if len(samples) >= count:
             break
-        samples += read_samples(shard, min(per_shard, count - len(samples)))
+        samples += islice(read_shard(shard), min(per_shard, count - len(samples)))
     samples = [s for s in samples if rgb_views(s)]
-    folder = Path(out) / "previews"
-    folder.mkdir(exist_ok=True)
+    shard_dir = ShardDir(out)
+    shard_dir.previews.mkdir(exist_ok=True)
     paths = []
     for start in range(0, len(samples), per_sheet):
         chunk = samples[start : start + per_sheet]
@@ -76,7 +63,7 @@ def write_previews(out: str | Path, index: ShardIndex, count: int, per_sheet: in
             elif "points.npy" in s:  # no stored depth: the point-cloud depth pre-training will render
                 depth.append(_points_depth(s["points.npy"], [meta.views[v] for v in views], rgb[-1].shape[1]))
             titles.append(f"{meta.label} {meta.uid}")
-        path = folder / f"preview-{start // per_sheet:03d}.png"
+        path = shard_dir.preview(start // per_sheet)
         write_contact_sheet(path, rgb, depth if len(depth) == len(rgb) else None, titles)
         paths.append(path)
     return paths

@@ -1,0 +1,105 @@
+"""What the render job does to its output directory: claim it, find what is done, finish it.
+
+- :func:`prepare_output` refuses a directory that holds another plan's shards (or wipes it
+  with ``job.overwrite``), removes what crashed attempts left and records the plan;
+- :func:`completed_shards`: the shards a re-run skips;
+- :func:`finalize_output` writes ``index.json``, ``errors.jsonl`` and ``warnings.jsonl`` from the
+  ``parts/`` records alone, so a re-run that renders nothing rebuilds them byte for byte.
+
+Paths come from :class:`~c2p.sharddir.ShardDir`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from c2p.fileio import atomic_write_bytes
+from c2p.schema import ShardIndex
+from c2p.sharddir import PLAN_NAME, SHARD_GLOB, ShardDir
+from c2p.shards.plan import PlanMismatch, RenderPlan, check_plan, read_plan_record, write_plan_record
+from c2p.shards.task import read_part
+
+log = logging.getLogger(__name__)
+
+
+def prepare_output(out: Path, plan: RenderPlan, overwrite: bool) -> None:
+    """Make ``out`` ready for ``plan``: refuse or wipe another plan's output, record this plan.
+
+    Raises :class:`~c2p.shards.plan.PlanMismatch` when ``out`` holds shards of other settings
+    (or shards without a ``plan.json``, i.e. not written by this job) and ``overwrite`` is false.
+    """
+    shard_dir = ShardDir(out)
+    try:
+        check_plan(out, plan)
+        if read_plan_record(out) is None and shard_dir.shard_tars():
+            raise PlanMismatch(f"output {out} holds {SHARD_GLOB} files but no {PLAN_NAME}: not a render job's output; "
+                               "expected an empty or new directory, or job.overwrite=true to delete them")
+    except PlanMismatch:
+        if not overwrite:
+            raise
+        log.warning("job.overwrite=true: deleting the previous render in %s", out)
+        for path in shard_dir.job_files():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    shard_dir.parts.mkdir(exist_ok=True)
+    # A crashed attempt leaves its staging folder (and a parts/*.tmp); this job owns the directory now.
+    remove_staging(out)
+    for tmp in shard_dir.tmp_files():
+        tmp.unlink(missing_ok=True)
+    write_plan_record(out, plan)
+
+
+def remove_staging(out: Path) -> None:
+    """Delete the staging folders of shard attempts (all of them: call only when none runs)."""
+    shutil.rmtree(ShardDir(out).staging, ignore_errors=True)
+
+
+def completed_shards(out: Path, plan: RenderPlan) -> dict[int, dict[str, Any]]:
+    """Shards of ``plan`` already in ``out``: tar present and a ``parts/`` record of this plan.
+    Returns their records by shard index."""
+    shard_dir = ShardDir(out)
+    done = {}
+    for spec in plan.shards:
+        part = read_part(out, spec.name)
+        if part and part.get("fingerprint") == plan.fingerprint and shard_dir.shard(spec.name).is_file():
+            done[spec.index] = part
+    return done
+
+
+def finalize_output(out: Path, plan: RenderPlan, parts: dict[int, dict[str, Any]]) -> ShardIndex:
+    """Write ``index.json`` (complete shards only), ``errors.jsonl`` and ``warnings.jsonl`` from
+    the parts records.
+
+    They depend only on the plan and the shards, so every run that ends with the same shards
+    writes the same bytes.
+    """
+    shard_dir = ShardDir(out)
+    errors, warnings = collect_records(plan, parts)
+    atomic_write_bytes(shard_dir.errors, _jsonl(errors))
+    atomic_write_bytes(shard_dir.warnings, _jsonl(warnings))
+    index = ShardIndex(
+        corpus=plan.corpus,
+        settings=plan.settings,
+        labels=list(plan.labels),
+        shards={parts[i]["name"]: int(parts[i]["samples"]) for i in sorted(parts)},
+        total_objects=plan.total_objects,
+        total_errors=len(errors),
+        total_bytes=sum(int(parts[i]["bytes"]) for i in parts),
+    )
+    index.save(out)
+    return index
+
+
+def collect_records(plan: RenderPlan, parts: dict[int, dict[str, Any]]) -> tuple[list[dict], list[dict]]:
+    """(errors, warnings) of a render in plan order: listing errors first, then shard by shard."""
+    errors = plan.listing_errors + [e for i in sorted(parts) for e in parts[i]["errors"]]
+    warnings = [w for i in sorted(parts) for w in parts[i].get("warnings", [])]
+    return errors, warnings
+
+
+def _jsonl(records: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode()
