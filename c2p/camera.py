@@ -1,4 +1,4 @@
-"""One camera module for both renderers: PyTorch3D's look-at conventions, projections, view sets.
+"""One camera module for both renderers: PyTorch3D's look-at conventions and the original's view sets.
 
 Conventions (PyTorch3D's, which CLIP2Point used):
 
@@ -32,9 +32,6 @@ __all__ = [
     "look_at_rotation",
     "look_at_view_transform",
     "world_to_view",
-    "project_orthographic",
-    "project_perspective",
-    "pixel_centers_ndc",
     "rotate_zup_to_yup",
 ]
 
@@ -132,31 +129,6 @@ def look_at_view_transform(dist: Scalars = 1.0, elev: Scalars = 0.0, azim: Scala
 def world_to_view(points: torch.Tensor, R: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
     """``points [...,N,3] @ R [...,3,3] + T [...,3]`` -> view-space points ``[...,N,3]``."""
     return torch.matmul(points, R) + T.unsqueeze(-2)
-
-
-def project_orthographic(points_view: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """Orthographic NDC xy ``[...,2]`` of view-space points (PyTorch3D's FoVOrthographicCameras, extent [-1,1])."""
-    return points_view[..., :2] * scale
-
-
-def project_perspective(points_view: torch.Tensor, fov: float = 60.0) -> torch.Tensor:
-    """Perspective NDC xy ``[...,2]`` of view-space points (PyTorch3D's FoVPerspectiveCameras, square image).
-
-    fov: vertical field of view in degrees. ``x_ndc = x / (z tan(fov/2))``; points need z > 0.
-    """
-    s = 1.0 / math.tan(math.radians(fov) / 2.0)
-    return points_view[..., :2] * s / points_view[..., 2:3]
-
-
-def pixel_centers_ndc(image_size: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """NDC coordinate of the centres of pixel index 0..S-1 along one axis of a square image, ``[S]``.
-
-    Index 0 (top row / left column) is at +1 - 1/S: PyTorch3D's +X left, +Y up.
-    Computed like PyTorch3D's ``PixToNonSquareNdc`` on the flipped index (float32).
-    """
-    s = int(image_size)
-    flipped = torch.arange(s - 1, -1, -1, device=device, dtype=dtype)
-    return -1.0 + (2.0 * flipped + 1.0) / s
 
 
 def rotate_zup_to_yup(points: torch.Tensor) -> torch.Tensor:

@@ -1,18 +1,68 @@
-"""Point-cloud geometry basics, batched torch: unit-sphere normalisation, area-weighted
-surface sampling, farthest-point sampling and random subsampling.
+"""Object geometry: a trimesh scene's placed pieces and world-space triangles, area-weighted
+surface sampling and unit-sphere normalisation.
 
-All functions run on the device of their input and never move data between devices.
+The torch functions run on the device of their input and never move data between devices.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["normalize_unit_sphere", "sample_surface", "farthest_point_sample", "subsample", "gather_points"]
+__all__ = ["scene_pieces", "mesh_triangles", "normalize_unit_sphere", "sample_surface"]
 
 # Below this radius a cloud is a single point: it is centred but not scaled (no division by ~0).
 _EPS = 1e-12
+
+
+def scene_pieces(mesh: Any) -> list[tuple[Any, Any, np.ndarray | None]]:
+    """The pieces of a trimesh Trimesh or Scene and where the scene places them.
+
+    Returns ``[(node, geometry, transform)]``: for a Scene one entry per geometry node, in the
+    scene graph's node order, with the node's ``[4,4]`` float64 local-to-world transform and its
+    geometry as loaded (not copied; it may be None or not a triangle mesh, e.g. a Path3D: each
+    caller decides what to skip and how to say so); for a Trimesh one entry ``("mesh", mesh, None)``
+    (already in world space). Raises TypeError for anything else.
+    """
+    import trimesh
+
+    if isinstance(mesh, trimesh.Trimesh):
+        return [("mesh", mesh, None)]
+    if not isinstance(mesh, trimesh.Scene):
+        raise TypeError(f"got {type(mesh).__name__}, expected trimesh.Trimesh or trimesh.Scene")
+    pieces = []
+    for node in mesh.graph.nodes_geometry:
+        transform, name = mesh.graph[node]
+        pieces.append((node, mesh.geometry.get(name), transform))
+    return pieces
+
+
+def mesh_triangles(mesh: Any) -> tuple[np.ndarray, np.ndarray]:
+    """World-space triangles of a trimesh Trimesh or Scene: ``(vertices [V,3] float64, faces [F,3] int64)``.
+
+    A Scene's triangle meshes are placed with their node transforms and concatenated (pieces
+    without faces, and geometries that are not triangle meshes, are left out; faces keep their
+    winding even under a mirroring transform); visuals are not touched (nothing is merged, so
+    textures stay as loaded for the renderer). An empty scene gives ``[0,3]`` arrays.
+    Raises TypeError for anything that is not a Trimesh or Scene.
+    """
+    import trimesh
+
+    if isinstance(mesh, trimesh.Trimesh):
+        return np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int64)
+    verts, faces, offset = [], [], 0
+    for _, geom, transform in scene_pieces(mesh):
+        if not isinstance(geom, trimesh.Trimesh) or len(geom.faces) == 0:
+            continue
+        verts.append(trimesh.transform_points(np.asarray(geom.vertices, dtype=np.float64), transform))
+        faces.append(np.asarray(geom.faces, dtype=np.int64) + offset)
+        offset += len(geom.vertices)
+    if not verts:
+        return np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64)
+    return np.concatenate(verts), np.concatenate(faces)
 
 
 def normalize_unit_sphere(points: Tensor) -> Tensor:
@@ -67,49 +117,3 @@ def sample_surface(
     su = u.sqrt()
     w0, w1, w2 = 1.0 - su, su * (1.0 - v), su * v
     return w0 * a[idx] + w1 * b[idx] + w2 * c[idx]
-
-
-def farthest_point_sample(points: Tensor, k: int) -> Tensor:
-    """Iterative farthest-point sampling, batched.
-
-    Starts from point 0 of every cloud (as the pointnet2 CUDA op used by Point-BERT), so the
-    result is deterministic. points: [B, N, 3] float; k: 1 <= k <= N.
-    Returns LongTensor [B, k] of indices into N (use :func:`gather_points`).
-    """
-    if points.ndim != 3 or points.shape[-1] != 3:
-        raise ValueError(f"points: shape {tuple(points.shape)}, expected [B, N, 3]")
-    b, n, _ = points.shape
-    if not 1 <= k <= n:
-        raise ValueError(f"k: {k}, expected 1 <= k <= N = {n}")
-    idx = torch.zeros(b, k, dtype=torch.long, device=points.device)
-    # Squared distance of every point to the chosen set so far.
-    dist = torch.full((b, n), float("inf"), dtype=points.dtype, device=points.device)
-    batch = torch.arange(b, device=points.device)
-    farthest = torch.zeros(b, dtype=torch.long, device=points.device)
-    for i in range(k):
-        idx[:, i] = farthest
-        centre = points[batch, farthest].unsqueeze(1)  # [B, 1, 3]
-        dist = torch.minimum(dist, ((points - centre) ** 2).sum(-1))
-        farthest = dist.argmax(dim=-1)
-    return idx
-
-
-def gather_points(points: Tensor, idx: Tensor) -> Tensor:
-    """points: [B, N, C]; idx: [B, K] long. Returns [B, K, C]."""
-    return torch.gather(points, 1, idx.unsqueeze(-1).expand(-1, -1, points.shape[-1]))
-
-
-def subsample(points: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
-    """Random subset of ``k`` distinct points of every cloud (without replacement).
-
-    points: [B, N, 3] float; k: 1 <= k <= N; generator on points' device (None: global RNG).
-    Returns [B, k, 3] float.
-    """
-    if points.ndim != 3:
-        raise ValueError(f"points: shape {tuple(points.shape)}, expected [B, N, 3]")
-    b, n, _ = points.shape
-    if not 1 <= k <= n:
-        raise ValueError(f"k: {k}, expected 1 <= k <= N = {n}")
-    keys = torch.rand(b, n, generator=generator, device=points.device)
-    idx = keys.argsort(dim=1)[:, :k]
-    return gather_points(points, idx)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from c2p.corpora import CorpusError, ErrorRecord, ObjectRecord, open_corpus
-from c2p.corpora.modelnet import parse_off
+from c2p.corpora.meshio import parse_off
 
 # ----------------------------------------------------------------------------- helpers
 

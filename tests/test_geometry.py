@@ -1,9 +1,9 @@
-"""c2p.geometry: unit-sphere normalisation, area-weighted sampling, FPS, subsampling."""
+"""c2p.geometry: a scene's world-space triangles, unit-sphere normalisation, area-weighted sampling."""
 
 import pytest
 import torch
 
-from c2p.geometry import farthest_point_sample, gather_points, normalize_unit_sphere, sample_surface, subsample
+from c2p.geometry import mesh_triangles, normalize_unit_sphere, sample_surface, scene_pieces
 
 
 def _cube():
@@ -72,41 +72,29 @@ def test_sample_surface_refuses_bad_meshes():
         sample_surface(bad, f, 10)
 
 
-def test_farthest_point_sample_known_answer_and_batching():
-    line = torch.arange(10, dtype=torch.float32)
-    pts = torch.stack([line, torch.zeros(10), torch.zeros(10)], dim=1)  # points 0..9 on the x axis
-    idx = farthest_point_sample(pts[None], 3)
-    assert idx.dtype == torch.long and idx.shape == (1, 3)
-    assert idx[0, :2].tolist() == [0, 9] and idx[0, 2].item() in (4, 5)
+def test_mesh_triangles_places_scene_pieces_and_keeps_winding():
+    import numpy as np
+    import trimesh
 
-    g = torch.Generator().manual_seed(0)
-    batch = torch.rand(4, 256, 3, generator=g)
-    bidx = farthest_point_sample(batch, 32)
-    for i in range(4):
-        assert torch.equal(bidx[i], farthest_point_sample(batch[i : i + 1], 32)[0])
-        assert len(set(bidx[i].tolist())) == 32
-    # FPS spreads points out: its closest pair is farther apart than a random subset's.
-    fps = gather_points(batch, bidx)
-    rnd = subsample(batch, 32, torch.Generator().manual_seed(1))
-
-    def min_gap(x):
-        d = torch.cdist(x, x) + torch.eye(32) * 10
-        return d.amin(dim=(1, 2))
-
-    assert (min_gap(fps) > min_gap(rnd)).all()
-    with pytest.raises(ValueError, match="k"):
-        farthest_point_sample(batch, 257)
-
-
-def test_subsample_distinct_points_from_the_input_and_seeded():
-    pts = torch.arange(2 * 100 * 3, dtype=torch.float32).reshape(2, 100, 3)
-    a = subsample(pts, 40, torch.Generator().manual_seed(3))
-    b = subsample(pts, 40, torch.Generator().manual_seed(3))
-    assert a.shape == (2, 40, 3)
-    torch.testing.assert_close(a, b)
-    for i in range(2):
-        rows = {tuple(r) for r in a[i].tolist()}
-        assert len(rows) == 40 and rows <= {tuple(r) for r in pts[i].tolist()}
-    assert not torch.equal(a, subsample(pts, 40, torch.Generator().manual_seed(4)))
-    with pytest.raises(ValueError, match="k"):
-        subsample(pts, 101)
+    tri = trimesh.Trimesh(vertices=[[0, 0, 0], [1, 0, 0], [0, 1, 0]], faces=[[0, 1, 2]], process=False)
+    mirror = np.diag([-1.0, 1.0, 1.0, 1.0])
+    mirror[:3, 3] = [0.0, 0.0, 2.0]
+    scene = trimesh.Scene()
+    scene.add_geometry(tri, geom_name="a", node_name="a")
+    scene.add_geometry(tri, geom_name="b", node_name="b", transform=mirror)  # mirrored: trimesh would flip faces
+    scene.add_geometry(trimesh.load_path(np.array([[0.0, 0, 0], [1, 1, 1]])), geom_name="line", node_name="line")
+    scene.add_geometry(trimesh.Trimesh(), geom_name="empty", node_name="empty")
+    pieces = scene_pieces(scene)
+    assert [node for node, _, _ in pieces] == ["a", "b", "line", "empty"]
+    assert pieces[1][1] is scene.geometry["b"] and np.array_equal(pieces[1][2], mirror)  # as loaded, not copied
+    verts, faces = mesh_triangles(scene)
+    assert verts.dtype == np.float64 and faces.dtype == np.int64
+    assert faces.tolist() == [[0, 1, 2], [3, 4, 5]]  # the line and the empty mesh are left out
+    assert verts[3:].tolist() == [[0, 0, 2], [-1, 0, 2], [0, 1, 2]]
+    assert scene_pieces(tri) == [("mesh", tri, None)]
+    v, f = mesh_triangles(tri)
+    assert np.array_equal(v, tri.vertices) and np.array_equal(f, tri.faces)
+    v, f = mesh_triangles(trimesh.Scene())
+    assert v.shape == (0, 3) and f.shape == (0, 3)
+    with pytest.raises(TypeError, match="expected trimesh.Trimesh or trimesh.Scene"):
+        mesh_triangles(np.zeros((3, 3)))

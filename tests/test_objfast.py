@@ -19,9 +19,9 @@ import trimesh
 from PIL import Image
 
 from c2p.corpora import objfast
-from c2p.corpora.base import CorpusError, check_mesh, require_file
+from c2p.corpora.base import CorpusError, require_file
+from c2p.corpora.meshio import BoundedResolver, check_mesh, load_mesh_file
 from c2p.corpora.objfast import load_obj_fast
-from c2p.corpora.shapenet import BoundedResolver, load_mesh_file
 
 REPO = Path(__file__).resolve().parents[1]
 

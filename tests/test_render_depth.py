@@ -10,7 +10,8 @@ import torch
 
 import c2p.render.depth as depth_mod
 from c2p.camera import VIEWS_6, VIEWS_10, look_at_view_transform
-from c2p.render import CLIP_MEAN, CLIP_STD, normalize_depth, render_depth, render_depth_pair
+from c2p.imagenorm import CLIP_MEAN, CLIP_STD
+from c2p.render import normalize_depth, render_depth, render_depth_pair
 
 
 def reference_zbuf(points: torch.Tensor, elev: float, azim: float, dist: float, size: int, radius: float) -> torch.Tensor:
@@ -184,8 +185,13 @@ def test_import_does_not_load_moderngl():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
+def test_clip_preprocessing_needs_no_renderer():
+    code = "import sys, c2p.imagenorm; assert not [m for m in sys.modules if m.startswith('c2p.render')], 'renderer imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
 def test_normalize_rgb_is_clip_normalisation_with_optional_resize():
-    from c2p.render import CLIP_MEAN, CLIP_STD, normalize_rgb
+    from c2p.imagenorm import normalize_rgb
 
     rgb = torch.randint(0, 256, (2, 8, 8, 3), dtype=torch.uint8)
     x = normalize_rgb(rgb)

@@ -149,18 +149,18 @@ def test_face_colours_light_and_determinism(renderer):
 
 def test_culling_and_winding_do_not_change_pixels(renderer, monkeypatch):
     """Closed outward meshes are drawn with back faces culled; that, or inverted winding, changes no pixel."""
-    import c2p.render.mesh as mesh_mod
+    import c2p.render.drawable as drawable
 
     sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.8)
     sphere.visual.vertex_colors = (np.abs(sphere.vertex_normals) * 255).astype(np.uint8)
-    parts, _ = mesh_mod.mesh_parts(sphere)
+    parts, _ = drawable.mesh_parts(sphere)
     assert parts[0].closed
     culled = renderer.render(sphere, VIEWS_10[:, 0], VIEWS_10[:, 1], 1.0, light="random", seed=1)
     inverted = sphere.copy()
     inverted.invert()  # inward normals and winding: not culled, lit two-sided
-    assert not mesh_mod.mesh_parts(inverted)[0][0].closed
+    assert not drawable.mesh_parts(inverted)[0][0].closed
     flipped = renderer.render(inverted, VIEWS_10[:, 0], VIEWS_10[:, 1], 1.0, light="random", seed=1)
-    monkeypatch.setattr(mesh_mod, "_closed_outward", lambda v, f: False)
+    monkeypatch.setattr(drawable, "_closed_outward", lambda v, f: False)
     plain = renderer.render(sphere, VIEWS_10[:, 0], VIEWS_10[:, 1], 1.0, light="random", seed=1)
     assert np.abs(culled.astype(int) - plain).max() <= 1
     assert np.abs(flipped.astype(int) - plain).max() <= 2
@@ -226,18 +226,18 @@ def test_depth_and_rgb_agree_on_marker_side(renderer):
 
 def test_egl_device_selection(monkeypatch):
     """EGL lists every GPU; the CUDA ordinal of this process is matched via EGL_CUDA_DEVICE_NV, else CUDA_VISIBLE_DEVICES."""
-    import c2p.render.mesh as mesh_mod
+    import c2p.render.egl as egl
 
-    monkeypatch.setattr(mesh_mod, "_egl_devices_cuda_ordinals", lambda: [None, 1, 0])  # a software device, then 2 GPUs
-    assert mesh_mod.select_egl_device(0) == 2 and mesh_mod.select_egl_device(1) == 1
-    monkeypatch.setattr(mesh_mod, "_egl_devices_cuda_ordinals", lambda: [])  # no EGL_NV_device_cuda
+    monkeypatch.setattr(egl, "_egl_devices_cuda_ordinals", lambda: [None, 1, 0])  # a software device, then 2 GPUs
+    assert egl.select_egl_device(0) == 2 and egl.select_egl_device(1) == 1
+    monkeypatch.setattr(egl, "_egl_devices_cuda_ordinals", lambda: [])  # no EGL_NV_device_cuda
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
-    assert mesh_mod.select_egl_device(1) == 3
-    monkeypatch.setattr(mesh_mod, "_egl_devices_cuda_ordinals", lambda: [None, None])
+    assert egl.select_egl_device(1) == 3
+    monkeypatch.setattr(egl, "_egl_devices_cuda_ordinals", lambda: [None, None])
     with pytest.raises(RenderError, match="no EGL device"):
-        mesh_mod.select_egl_device(1)
+        egl.select_egl_device(1)
     if not torch.cuda.is_available():
-        assert mesh_mod.select_egl_device(None) is None  # CPU machine: EGL's default device (llvmpipe)
+        assert egl.select_egl_device(None) is None  # CPU machine: EGL's default device (llvmpipe)
 
 
 def test_contact_sheet(tmp_path, renderer):

@@ -134,13 +134,6 @@ class Corpus:
             except CorpusError as exc:
                 yield ErrorRecord(self.name, ref.uid, exc.source, exc.reason)
 
-    def label_index(self, label: str) -> int:
-        return self.labels.index(label)
-
-    def class_names(self) -> list[str]:
-        """Labels as words for text prompts, in label order: "night_stand" → "night stand"."""
-        return [label.replace("_", " ") for label in self.labels]
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, root={str(self.root)!r}, split={self.split!r}, labels={len(self.labels)})"
 
@@ -182,25 +175,6 @@ def check_points(source: str | Path, points: Any, min_points: int = 1) -> np.nda
     if not np.isfinite(arr).all():
         raise CorpusError(source, f"{int((~np.isfinite(arr)).any(axis=1).sum())} points with NaN/inf coordinates")
     return np.ascontiguousarray(arr)
-
-
-def check_mesh(source: str | Path, mesh: Any) -> Any:
-    """Validate a loaded trimesh Trimesh/Scene: has triangles, finite vertices. Returns it."""
-    import trimesh
-
-    if isinstance(mesh, trimesh.Scene):
-        geoms = [g for g in mesh.geometry.values() if isinstance(g, trimesh.Trimesh)]
-    elif isinstance(mesh, trimesh.Trimesh):
-        geoms = [mesh]
-    else:
-        raise CorpusError(source, f"loaded a {type(mesh).__name__} without triangles, expected a triangle mesh")
-    faces = sum(len(g.faces) for g in geoms)
-    if faces == 0:
-        raise CorpusError(source, "mesh has no triangles")
-    for g in geoms:
-        if not np.isfinite(np.asarray(g.vertices)).all():
-            raise CorpusError(source, "mesh has NaN/inf vertex coordinates")
-    return mesh
 
 
 def read_table(path: Path) -> list[dict[str, str]]:

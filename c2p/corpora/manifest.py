@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from c2p.corpora.base import Corpus, CorpusError, ErrorRecord, ObjectRecord, ObjectRef, check_file, check_mesh, check_points, require_file
+from c2p.corpora.base import Corpus, CorpusError, ErrorRecord, ObjectRecord, ObjectRef, check_file, check_points, require_file
+from c2p.corpora.meshio import load_mesh_file, load_off, load_ply
 
 MESH_SUFFIXES = {".obj", ".off", ".glb", ".gltf", ".stl", ".ply"}
 POINT_SUFFIXES = {".npy", ".xyz", ".txt", ".pts"}
@@ -25,11 +26,6 @@ POINT_SUFFIXES = {".npy", ".xyz", ".txt", ".pts"}
 
 def load_geometry(path: Path):
     """(mesh or None, points or None) of a mesh or point file; raises CorpusError."""
-    import trimesh
-
-    from c2p.corpora.modelnet import load_off
-    from c2p.corpora.shapenet import load_mesh_file
-
     require_file(path)
     suffix = path.suffix.lower()
     if suffix == ".npy":
@@ -48,13 +44,7 @@ def load_geometry(path: Path):
     if suffix == ".off":
         return load_off(path), None
     if suffix == ".ply":
-        try:
-            geom = trimesh.load(str(path), process=False)
-        except Exception as exc:
-            raise CorpusError(path, f"unreadable .ply ({type(exc).__name__}: {exc})") from exc
-        if isinstance(geom, trimesh.PointCloud):
-            return None, check_points(path, geom.vertices)
-        return check_mesh(path, geom), None
+        return load_ply(path)
     if suffix in MESH_SUFFIXES:
         return load_mesh_file(path, bound=path.parent, file_type=suffix[1:]), None
     raise CorpusError(path, f"file type {suffix!r}, expected one of {sorted(MESH_SUFFIXES | POINT_SUFFIXES)}")

@@ -31,7 +31,7 @@ from c2p.corpora.base import (
     check_file,
     read_table,
 )
-from c2p.corpora.shapenet import load_mesh_file
+from c2p.corpora.meshio import load_mesh_file
 
 TABLE_NAMES = ("labels", "annotations", "lvis-annotations", "metadata")
 

@@ -4,9 +4,8 @@ resolver=..., process=False)`` returns, for the common case.
 Why: mesh loading was ~35-39% of render-job worker time, and most of that is trimesh's
 ``trimesh.exchange.obj.load_obj`` walking the text line by line in Python (``re.split`` of
 the face block, a per-line ``str.split`` to check that every face has the same column count,
-per-line list comprehensions over the vertex block). Measured on this machine (2 cores, 1
-thread, trimesh 5.2.0, median of 10 loads, shapes of the synthetic ShapeNet-layout corpus
-subdivided like ``tests/benchmarks/bench_shards.py``): a 10,752-face / 5,376-vertex textured
+per-line list comprehensions over the vertex block). On one CPU thread (trimesh 5.2.0, median
+of 10 loads, subdivided synthetic ShapeNet-layout shapes), a 10,752-face / 5,376-vertex textured
 OBJ takes 14.5 ms through trimesh and 5.9 ms here (x2.4); a 25k-face one 35.5 ms vs 14 ms.
 What is left: ~40% is np.fromstring itself (kept on purpose: trimesh's own number parser, so
 the floats are bit-identical by construction), about a third trimesh's own ``unmerge_faces``,
@@ -37,7 +36,8 @@ Mixed triangles/quads (trimesh's per-line fallback), negative (relative) indices
 colours, point clouds, lines, curves, tabs, indented lines etc. fall back.
 The fast path is enabled only for the trimesh version it was checked against
 (``VERIFIED_TRIMESH``): it replicates private trimesh internals, so a trimesh upgrade turns it
-off (tests/test_objfast.py then fails, asking for a re-check) instead of silently diverging.
+off (every file then goes through trimesh: slower, never different) until the new version has
+been checked against trimesh's own loader and added there.
 """
 
 from __future__ import annotations

@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from pathlib import Path
-
-from trimesh.resolvers import FilePathResolver
 
 from c2p.corpora.base import (
     Corpus,
@@ -32,11 +29,11 @@ from c2p.corpora.base import (
     ObjectRecord,
     ObjectRef,
     check_file,
-    check_mesh,
     read_captions,
     read_table,
     require_file,
 )
+from c2p.corpora.meshio import load_mesh_file
 
 log = logging.getLogger(__name__)
 
@@ -44,58 +41,11 @@ MODEL_FILE = Path("models") / "model_normalized.obj"
 TAXONOMY = "taxonomy.json"
 SPLIT_FILE = "all.csv"
 CAPTIONS = "captions.csv"
-_SYNSET = re.compile(r"^\d{8}$")
 
 
 def synset_label(name: str) -> str:
     """ShapeNet taxonomy name → label: the first comma-separated name, stripped."""
     return name.split(",")[0].strip()
-
-
-class BoundedResolver(FilePathResolver):
-    """trimesh file resolver that allows ``..`` in asset paths, but only inside ``bound``.
-
-    trimesh >= 5 refuses "../images/texture0.jpg"; ShapeNet's MTLs need it. A module-level
-    class (not a closure) because trimesh keeps the resolver on the loaded mesh, and records
-    travel between Ray workers by pickle.
-    """
-
-    def __init__(self, source: str, bound: str | Path):
-        super().__init__(source, allow_anywhere=True)
-        self.bound = Path(bound).resolve()
-
-    def absolute(self, name: str) -> Path:
-        p = Path(super().absolute(name))
-        if not p.is_relative_to(self.bound):
-            raise ValueError(f"asset {name!r} escapes the object folder {self.bound}")
-        return p
-
-
-def load_mesh_file(path: Path, bound: Path, file_type: str | None = None):
-    """Load a mesh file with trimesh keeping visuals; assets may live anywhere under ``bound``.
-
-    Returns trimesh.Trimesh or trimesh.Scene; raises CorpusError if unusable.
-    """
-    import trimesh
-
-    require_file(path)
-    if (file_type or path.suffix.lstrip(".")).lower() == "obj":
-        # Vectorised OBJ reader, identical output to the trimesh call below (c2p/corpora/objfast.py);
-        # None (file outside its fast path) or any error -> trimesh decides, errors included.
-        from c2p.corpora.objfast import load_obj_fast
-
-        try:
-            mesh = load_obj_fast(path, BoundedResolver(str(path), bound))
-        except Exception as exc:
-            log.debug("%s: fast OBJ reader failed (%s: %s), using trimesh", path, type(exc).__name__, exc)
-            mesh = None
-        if mesh is not None:
-            return check_mesh(path, mesh)
-    try:
-        mesh = trimesh.load(str(path), file_type=file_type, resolver=BoundedResolver(str(path), bound), process=False)
-    except Exception as exc:
-        raise CorpusError(path, f"unreadable mesh ({type(exc).__name__}: {exc})") from exc
-    return check_mesh(path, mesh)
 
 
 class ShapeNetCorpus(Corpus):

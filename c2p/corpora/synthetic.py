@@ -402,7 +402,7 @@ def write_synthetic(
     classes: subset of :data:`SYNTHETIC_CLASSES` (default all). Returns ``out`` as a Path.
     An existing ``out`` is replaced only if it is empty or an earlier synthetic corpus.
     """
-    from c2p.corpora.modelnet import write_off
+    from c2p.corpora.meshio import write_off
 
     if layout not in ("shapenet", "modelnet"):
         raise ValueError(f"layout: {layout!r}, expected 'shapenet' or 'modelnet'")

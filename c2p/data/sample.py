@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from c2p.data.npy import decode_npy_cached
-from c2p.render import normalize_rgb  # one definition of CLIP's normalisation (pure torch, no GL)
+from c2p.imagenorm import normalize_rgb  # one definition of CLIP's normalisation (pure torch, no renderer)
 from c2p.schema import SampleMeta, decode_image, rgb_member, rgb_views
 
 

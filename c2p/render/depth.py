@@ -23,13 +23,10 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from c2p.camera import look_at_view_transform
+from c2p.camera import look_at_view_transform, world_to_view
+from c2p.imagenorm import CLIP_MEAN, CLIP_STD
 
-__all__ = ["CLIP_MEAN", "CLIP_STD", "render_depth", "normalize_depth", "normalize_rgb", "render_depth_pair"]
-
-#: CLIP's image normalisation (OpenAI CLIP, also open_clip's OPENAI_DATASET_MEAN/STD).
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+__all__ = ["render_depth", "normalize_depth", "render_depth_pair"]
 
 Angles = Union[float, Sequence[float], torch.Tensor]
 
@@ -132,27 +129,11 @@ def render_depth(points: torch.Tensor, elev: Angles, azim: Angles, dist: Angles 
     out = []
     for i in range(0, b, chunk):  # chunks of objects bound memory; normally one chunk
         p = pts[i : i + chunk].unsqueeze(1) / d[i : i + chunk, :, None, None]  # [b,V,N,3] scaled by 1/dist
-        view = torch.matmul(p, r[i : i + chunk]) + t[i : i + chunk, :, None, :]  # X_view = X @ R + T
+        view = world_to_view(p, r[i : i + chunk], t[i : i + chunk])
         out.append(_rasterize(view.reshape(view.shape[0] * nv, n, 3), image_size, radius).view(-1, nv, image_size, image_size))
     if not out:  # no objects
         return torch.full((0, nv, image_size, image_size), -1.0, device=device)
     return out[0] if len(out) == 1 else torch.cat(out, dim=0)
-
-
-def normalize_rgb(rgb: torch.Tensor, size: int | None = None) -> torch.Tensor:
-    """RGB renders uint8 ``[B,H,W,3]`` -> CLIP-normalised float32 ``[B,3,S,S]`` on ``rgb.device``.
-
-    Resized (bicubic, antialiased, clamped to [0, 1]) to ``size`` when given and different, as
-    the image tower's input; then ``(x/255 - CLIP_MEAN) / CLIP_STD``.
-    """
-    if rgb.dim() != 4 or rgb.shape[-1] != 3:
-        raise ValueError(f"normalize_rgb: rgb has shape {tuple(rgb.shape)}, expected [B,H,W,3]")
-    x = rgb.permute(0, 3, 1, 2).float().div_(255.0)
-    if size is not None and tuple(x.shape[-2:]) != (size, size):
-        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp_(0, 1)
-    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    return x.sub_(mean).div_(std).contiguous()
 
 
 def normalize_depth(zbuf: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,7 @@
 The original rendered ShapeNet meshes with PyTorch3D (``HardPhongShader``, perspective camera at
 twice the depth-camera distance, white background, one random directional light). This renderer
 reproduces that setting with OpenGL so it runs on Mesa's llvmpipe on CPU machines and on the NVIDIA
-driver on GPU nodes, from one context per process:
+driver on GPU nodes, from one context per process (:mod:`c2p.render.egl`):
 
 - camera: :func:`c2p.camera.look_at_view_transform` at ``2 * dist`` (the depth maps' directions and up
   vectors, +X left), perspective with a 60 degree field of view (PyTorch3D's FoVPerspectiveCameras
@@ -13,37 +13,30 @@ driver on GPU nodes, from one context per process:
   in the original, "random" is ``1 - 2 U(0,1)`` per axis drawn from ``seed`` (one light for all views of
   an object). Unlike PyTorch3D, lighting is two-sided (normals are turned towards the camera):
   ShapeNet meshes often have inconsistent winding, which would otherwise leave faces ambient-only;
-- colours: UV textures (image x material factor for glTF/PBR materials; OBJ/MTL map_Kd as is),
-  vertex colours, face colours, material colours, per part of a multi-material ``trimesh.Scene``
-  (ShapeNetCore v2 OBJ+MTL and Objaverse GLB load as such scenes);
-- **missing texture fallback**: a part whose material names a texture that could not be loaded (or
-  that has no UVs) is drawn in its material colour; if that colour is (near) black it is drawn in
-  light grey (0.7) instead, so a lost texture never yields a black object. Each fallback is recorded
-  in :attr:`MeshRenderer.last_warnings`;
+- colours per part of a multi-material ``trimesh.Scene`` (ShapeNetCore v2 OBJ+MTL and Objaverse GLB
+  load as such scenes), with a grey fallback for lost textures: see :mod:`c2p.render.drawable`. Each
+  fallback is recorded in :attr:`MeshRenderer.last_warnings`;
 - white background, no anti-aliasing (PyTorch3D's hard rasteriser has none); back faces are culled
   only where that cannot change a pixel (closed, outward-wound parts seen from outside).
 
 Meshes are rendered as given: put them into the unit sphere with the same transform as their points.
 Empty, degenerate or non-finite meshes, and objects that no view sees, raise :class:`RenderError`.
-This is the only module that imports moderngl.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import math
-import os
-from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import numpy as np
 
 from c2p.camera import camera_position_from_spherical_angles, look_at_view_transform
 from c2p.render import RenderError
+from c2p.render.drawable import mesh_parts
+from c2p.render.egl import create_context
 
-__all__ = ["MeshRenderer", "RenderError", "select_egl_device"]
+__all__ = ["MeshRenderer", "RenderError", "light_direction"]
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +46,6 @@ Angles = Union[float, Sequence[float], np.ndarray]
 AMBIENT, DIFFUSE, SPECULAR, SHININESS = 0.5, 0.3, 0.2, 64.0
 #: PyTorch3D's FoVPerspectiveCameras default vertical field of view, degrees.
 FOV_DEG = 60.0
-#: Colour used where a part's texture is missing and its material colour is (near) black.
-FALLBACK_GREY = 0.7
 
 _VERTEX_SHADER = """
 #version 330
@@ -116,266 +107,6 @@ void main() {
 """
 
 
-@dataclass
-class _Part:
-    """One drawable piece of a mesh, in world space."""
-
-    name: str
-    vertices: np.ndarray  # [V,12] float32: position(3) normal(3) uv(2) colour(4, 0..1)
-    indices: Optional[np.ndarray]  # [F*3] uint32 triangle corners into vertices; None: vertices are unindexed corners
-    texture: Optional[np.ndarray]  # [H,W,4] uint8 (top row first) or None
-    tint: tuple[float, float, float, float]
-    radius: float  # largest distance of a drawn vertex from the origin
-    closed: bool  # closed, consistently and outwards wound: back faces are never visible from outside
-
-    def triangles(self) -> np.ndarray:
-        """[F,3,3] float64 corner positions."""
-        pos = self.vertices[:, :3].astype(np.float64)
-        return (pos[self.indices] if self.indices is not None else pos).reshape(-1, 3, 3)
-
-
-# ---------------------------------------------------------------- EGL device choice
-
-
-def _load_torch_compiler_first() -> None:
-    """Import ``torch._dynamo`` (and the LLVM its compiler stack brings) before Mesa's is loaded.
-
-    In the other order a process segfaults as soon as it imports torch._dynamo after rendering
-    (torchvision and open_clip import it: a render test followed by open_clip_train in one pytest
-    process, or a notebook that renders and then evaluates); loaded first, both coexist.
-    About 1 s, once per process, and nothing when torchvision was already imported.
-    """
-    try:
-        import torch._dynamo  # noqa: F401
-    except ImportError:  # no torch compiler stack here: nothing to collide with
-        pass
-
-
-
-
-def _egl_devices_cuda_ordinals() -> list[Optional[int]]:
-    """For each EGL device (eglQueryDevicesEXT order, glcontext's device_index), its CUDA ordinal or None."""
-    name = ctypes.util.find_library("EGL") or "libEGL.so.1"
-    lib = ctypes.CDLL(name)
-    lib.eglGetProcAddress.restype = ctypes.c_void_p
-    lib.eglGetProcAddress.argtypes = [ctypes.c_char_p]
-    p_query = lib.eglGetProcAddress(b"eglQueryDevicesEXT")
-    p_attr = lib.eglGetProcAddress(b"eglQueryDeviceAttribEXT")
-    if not p_query:
-        return []
-    query = ctypes.CFUNCTYPE(ctypes.c_uint, ctypes.c_int, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_int))(p_query)
-    count = ctypes.c_int(0)
-    if not query(0, None, ctypes.byref(count)) or count.value <= 0:
-        return []
-    devices = (ctypes.c_void_p * count.value)()
-    query(count.value, devices, ctypes.byref(count))
-    out: list[Optional[int]] = [None] * count.value
-    if p_attr:
-        attr = ctypes.CFUNCTYPE(ctypes.c_uint, ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_ssize_t))(p_attr)
-        egl_cuda_device_nv = 0x323A  # EGL_NV_device_cuda
-        for i in range(count.value):
-            value = ctypes.c_ssize_t(-1)
-            if attr(devices[i], egl_cuda_device_nv, ctypes.byref(value)):
-                out[i] = int(value.value)
-    return out
-
-
-def select_egl_device(device_index: Optional[int] = None) -> Optional[int]:
-    """The EGL device index (glcontext's ``device_index``) for CUDA device ``device_index`` of this process.
-
-    device_index: CUDA ordinal as this process sees it (i.e. after CUDA_VISIBLE_DEVICES); None: the
-    current CUDA device when CUDA is available, otherwise None (EGL's default device: llvmpipe on
-    CPU machines). EGL lists every GPU whatever CUDA_VISIBLE_DEVICES says, so the ordinal is matched
-    through the NVIDIA EGL_CUDA_DEVICE_NV attribute; where no device reports it, the physical index
-    from CUDA_VISIBLE_DEVICES is used as the EGL index (the usual order on NVIDIA-only nodes).
-    """
-    if device_index is None:
-        try:
-            import torch
-
-            if not torch.cuda.is_available():
-                return None
-            device_index = torch.cuda.current_device()
-        except Exception:  # noqa: BLE001 - no usable CUDA: the default EGL device
-            return None
-    try:
-        ordinals = _egl_devices_cuda_ordinals()
-    except OSError:
-        ordinals = []
-    if device_index in ordinals:
-        return ordinals.index(device_index)
-    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
-    physical = int(visible[device_index]) if device_index < len(visible) and visible[device_index].isdigit() else device_index
-    if ordinals and physical >= len(ordinals):
-        raise RenderError(f"MeshRenderer: device_index={device_index} (physical GPU {physical}) has no EGL device; found {len(ordinals)}")
-    return physical
-
-
-# ---------------------------------------------------------------- mesh -> parts
-
-
-def _closed_outward(vertices: np.ndarray, faces: np.ndarray) -> bool:
-    """True when every directed edge has exactly one opposite (closed, consistently wound) and the volume is positive.
-
-    Then, seen from outside its bounding sphere, each back-facing triangle lies behind a front-facing
-    one of the same surface, so culling back faces changes no pixel and halves the rasteriser's work.
-    """
-    n = np.int64(len(vertices))
-    a, b, c = faces[:, 0], faces[:, 1], faces[:, 2]
-    fwd = np.concatenate([a * n + b, b * n + c, c * n + a])
-    rev = np.concatenate([b * n + a, c * n + b, a * n + c])
-    fwd.sort()
-    rev.sort()
-    if (fwd[1:] == fwd[:-1]).any() or not np.array_equal(fwd, rev):
-        return False
-    tri = vertices[faces]
-    return float(np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])).sum()) > 0.0
-
-
-def _unit_normals(n: np.ndarray) -> np.ndarray:
-    n = np.nan_to_num(np.asarray(n, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    norm = np.linalg.norm(n, axis=-1, keepdims=True)
-    return np.where(norm > 1e-12, n / np.maximum(norm, 1e-12), 0.0)
-
-
-def _texture_array(image) -> Optional[np.ndarray]:
-    """PIL image (any mode) -> [H,W,4] uint8, or None when there is no usable image."""
-    if image is None:
-        return None
-    try:
-        arr = np.asarray(image.convert("RGBA"), dtype=np.uint8)
-    except Exception:  # noqa: BLE001 - an unreadable image is a missing texture (fallback below)
-        return None
-    return arr if arr.ndim == 3 and arr.shape[0] > 0 and arr.shape[1] > 0 else None
-
-
-def _material_color_and_image(material) -> tuple[np.ndarray, object, bool]:
-    """(RGBA colour 0..1, texture image or None, colour multiplies texture?) of a trimesh material."""
-    from trimesh.visual.material import PBRMaterial
-
-    if isinstance(material, PBRMaterial):
-        factor = material.baseColorFactor
-        color = np.asarray(factor if factor is not None else [255, 255, 255, 255], dtype=np.float64)
-        color = color / 255.0 if color.max() > 1.0 or color.dtype.kind in "ui" else color
-        return color, material.baseColorTexture, True
-    diffuse = getattr(material, "diffuse", None)
-    color = np.asarray(diffuse if diffuse is not None else getattr(material, "main_color", [102, 102, 102, 255]), dtype=np.float64)
-    color = color / 255.0 if color.max() > 1.0 else color
-    # OBJ/MTL: map_Kd is drawn as is (as PyTorch3D's load_obj textures do), Kd only without a texture.
-    return color, getattr(material, "image", None), False
-
-
-def _mesh_part(m, name: str, warnings: list[str]) -> Optional[_Part]:
-    """trimesh.Trimesh (already in world space) -> a drawable part; None when it has no faces."""
-    vertices = np.asarray(m.vertices, dtype=np.float64)
-    faces = np.asarray(m.faces, dtype=np.int64)
-    if faces.size == 0:
-        return None
-    if faces.ndim != 2 or faces.shape[1] != 3 or faces.min() < 0 or faces.max() >= len(vertices):
-        raise RenderError(f"mesh part {name!r}: faces index outside its {len(vertices)} vertices (or are not triangles)")
-    if np.isfinite(vertices).all():
-        radius = float(np.sqrt(np.einsum("ij,ij->i", vertices, vertices).max()))
-    else:  # only vertices that faces use matter
-        bad = int((~np.isfinite(vertices[faces])).any(axis=(1, 2)).sum())
-        if bad:
-            raise RenderError(f"mesh part {name!r}: {bad} of {len(faces)} faces have non-finite vertex coordinates")
-        used = vertices[faces.reshape(-1)]
-        radius = float(np.sqrt(np.einsum("ij,ij->i", used, used).max()))
-    # Per-vertex attributes drawn with an index buffer (the vertex stage runs once per vertex, not per
-    # corner: what dominates on llvmpipe at 224 px); face colours or unusable vertex normals need
-    # per-corner attributes instead, drawn unindexed.
-    try:
-        vn = np.asarray(m.vertex_normals, dtype=np.float64)
-        smooth = vn.shape == vertices.shape
-    except Exception:  # noqa: BLE001 - face normals below
-        smooth = False
-    visual = m.visual
-    kind = getattr(visual, "kind", None)
-    indexed = smooth and kind != "face"
-    corners = faces.reshape(-1)
-    packed = np.zeros((len(vertices) if indexed else len(corners), 12), dtype=np.float32)
-    packed[:, 0:3] = vertices if indexed else vertices[corners]
-    if smooth:
-        un = _unit_normals(vn)
-        packed[:, 3:6] = un if indexed else un[corners]
-    else:
-        tri = vertices[faces]
-        fn = _unit_normals(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]))
-        packed[:, 3:6] = np.repeat(fn, 3, axis=0)
-    at = (lambda per_vertex: per_vertex) if indexed else (lambda per_vertex: per_vertex[corners])
-    colors = packed[:, 8:12]
-    texture, tint = None, (1.0, 1.0, 1.0, 1.0)
-    if kind == "texture":
-        color, image, multiplies = _material_color_and_image(visual.material)
-        texture = _texture_array(image)
-        vuv = getattr(visual, "uv", None)
-        has_uv = vuv is not None and len(vuv) == len(vertices) and np.isfinite(np.asarray(vuv, dtype=np.float64)).all()
-        if texture is not None and has_uv:
-            packed[:, 6:8] = at(np.asarray(vuv, dtype=np.float32))
-            tint = tuple(float(c) for c in (color if multiplies else np.ones(4)))
-        elif texture is None and not has_uv:
-            pass  # a plain material (e.g. an MTL entry with Kd only): its colour, nothing is missing
-        else:
-            # UVs without an image: the texture file named by the material was not found or not readable
-            # (trimesh keeps the UVs and drops the image); an image without UVs cannot be mapped either.
-            why = "its texture image is missing or unreadable" if texture is None else "it has no per-vertex UVs"
-            texture = None
-            if color[:3].max() < 0.05:
-                color = np.array([FALLBACK_GREY, FALLBACK_GREY, FALLBACK_GREY, 1.0])
-                warnings.append(f"part {name!r}: {why} and its material colour is black: drawn in grey {FALLBACK_GREY}")
-            else:
-                warnings.append(f"part {name!r}: {why}: drawn in its material colour {np.round(color[:3], 3).tolist()}")
-        colors[:] = color
-    elif kind == "face":
-        colors[:] = np.repeat(np.asarray(visual.face_colors, dtype=np.float32) / 255.0, 3, axis=0)
-    else:  # "vertex", or None: trimesh's default colour comes back as vertex colours
-        vc = np.asarray(visual.vertex_colors, dtype=np.float32) / 255.0
-        colors[:] = at(vc) if len(vc) == len(vertices) else np.array([0.4, 0.4, 0.4, 1.0])
-    indices = faces.astype(np.uint32).reshape(-1) if indexed else None
-    closed = _closed_outward(vertices, faces)
-    return _Part(name=name, vertices=packed, indices=indices, texture=texture, tint=tint, radius=radius, closed=closed)
-
-
-def mesh_parts(mesh) -> tuple[list[_Part], list[str]]:
-    """A trimesh.Trimesh or trimesh.Scene -> drawable parts (scene transforms applied) and warnings.
-
-    Raises RenderError for anything that cannot be drawn (not a mesh, no triangles, non-finite or
-    out-of-range data, zero area).
-    """
-    import trimesh
-
-    warnings: list[str] = []
-    items = []
-    if isinstance(mesh, trimesh.Scene):
-        for node in mesh.graph.nodes_geometry:
-            transform, geom_name = mesh.graph[node]
-            geom = mesh.geometry.get(geom_name)
-            if not isinstance(geom, trimesh.Trimesh):
-                warnings.append(f"node {node!r}: {type(geom).__name__} is not a triangle mesh: skipped")
-                continue
-            g = geom.copy()
-            if not np.isfinite(transform).all():
-                raise RenderError(f"mesh scene node {node!r}: non-finite transform")
-            g.apply_transform(transform)
-            items.append((str(node), g))
-    elif isinstance(mesh, trimesh.Trimesh):
-        items.append(("mesh", mesh))
-    else:
-        raise RenderError(f"mesh: got {type(mesh).__name__}, expected trimesh.Trimesh or trimesh.Scene")
-    parts = [p for p in (_mesh_part(g, n, warnings) for n, g in items) if p is not None]
-    if not parts:
-        raise RenderError(f"mesh is empty: {len(items)} triangle-mesh parts, none with faces")
-    tri = np.concatenate([p.triangles() for p in parts])
-    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=-1).sum()
-    extent = tri.reshape(-1, 3).max(0) - tri.reshape(-1, 3).min(0)
-    if not area > 1e-12 or np.sort(extent)[-2] <= 1e-9:
-        raise RenderError(f"mesh is degenerate: total face area {area:.3g}, bounding box extent {extent.round(6).tolist()}")
-    return parts, warnings
-
-
-# ---------------------------------------------------------------- renderer
-
-
 def _perspective(fov_deg: float, near: float, far: float) -> np.ndarray:
     """OpenGL projection (column vectors, eye looks down -z), square image."""
     s = 1.0 / math.tan(math.radians(fov_deg) / 2.0)
@@ -402,7 +133,7 @@ class MeshRenderer:
     :meth:`render` uploads the object once and draws all its views from those buffers.
 
     image_size: S, square images. device_index: CUDA ordinal whose GPU renders (None: the current
-    CUDA device, or EGL's default device without CUDA); see :func:`select_egl_device`.
+    CUDA device, or EGL's default device without CUDA); see :func:`c2p.render.egl.select_egl_device`.
     """
 
     def __init__(self, image_size: int = 224, device_index: Optional[int] = None):
@@ -410,23 +141,9 @@ class MeshRenderer:
             raise ValueError(f"MeshRenderer: image_size={image_size}, expected >= 1")
         self.image_size = int(image_size)
         self.last_warnings: list[str] = []
-        egl_index = select_egl_device(device_index)
-        _load_torch_compiler_first()
-        try:
-            import moderngl
-
-            kwargs = {"backend": "egl", "require": 330}
-            if egl_index is not None:
-                kwargs["device_index"] = egl_index
-            self._ctx = moderngl.create_standalone_context(**kwargs)
-        except Exception as err:  # noqa: BLE001 - re-raised with what to check
-            raise RenderError(
-                f"MeshRenderer: cannot create a headless EGL OpenGL 3.3 context (EGL device {egl_index}): {err}; "
-                "needs libEGL (Mesa on CPU machines, the NVIDIA driver on GPU nodes)"
-            ) from err
+        self._ctx = create_context(device_index)
         ctx = self._ctx
         self.gl_info = {k: str(v) for k, v in ctx.info.items() if k in ("GL_RENDERER", "GL_VENDOR", "GL_VERSION")}
-        self.egl_device = egl_index
         self._prog = ctx.program(vertex_shader=_VERTEX_SHADER, fragment_shader=_FRAGMENT_SHADER)
         s = self.image_size
         # Views are drawn as tiles of one framebuffer and read back together: one GPU/llvmpipe
