@@ -44,7 +44,7 @@ def _sources() -> list[Path]:
 # module (and its submodules) -> the only places that may import it
 ROOMS = {
     "ray": ("c2p/shards/",),
-    "moderngl": ("c2p/render/mesh.py", "c2p/render/egl.py"),
+    "moderngl": ("c2p/render/egl.py",),
     "deepspeed": ("c2p/train/engine.py", "c2p/train/checkpoint.py"),
     "submitit": ("c2p/cluster/",),
     # the write side of the data: the commands and the demo drive it, the library never does

@@ -19,7 +19,7 @@ from c2p.cli.train_clip import train
 from c2p.models.clip import create_clip, get_tokenizer
 from c2p.schema import SHARD_PATTERN, SampleMeta, ShardIndex, ShardWriter, encode_sample, make_key
 from c2p.data.reader import read_shard
-from c2p.shards.pairs import export_pairs, load_export
+from c2p.data.pairs import export_pairs, load_export
 from c2p.train.openclip import open_clip_train_fixes
 
 REPO = Path(__file__).resolve().parents[1]

@@ -3,7 +3,7 @@
     c2p-train-clip --shards runs/demo/shards/train --out runs/demo/clip \\
         --model c2p-small --epochs 6 --batch-size 64
 
-``--shards``: pair shards written by :mod:`c2p.shards.pairs` (a directory with ``pairs.json``),
+``--shards``: pair shards written by :mod:`c2p.data.pairs` (a directory with ``pairs.json``),
 or c2p object shard directories, which are first exported to ``<out>/pairs/`` (one RGB view
 and its caption per sample: the layout open_clip_train's ``--dataset-type webdataset`` reads).
 Two runs with one ``--seed`` (and the same ``--workers``, ``--batch-size`` and ``--threads``)

@@ -17,7 +17,7 @@ brace pattern to pass as ``--train-data``, and the sources). Object shards are r
 the loader's reader (:func:`c2p.data.reader.read_shard`); corrupt ones are counted and
 skipped, never fatal.
 
-    python -m c2p.shards.pairs --shards runs/demo/shards/train --out runs/demo/pairs
+    python -m c2p.data.pairs --shards runs/demo/shards/train --out runs/demo/pairs
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def load_export(out: str | Path) -> PairExport:
     """The ``pairs.json`` summary of an export directory."""
     path = Path(out) / PAIRS_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"{str(path)!r} does not exist; expected a directory written by c2p.shards.pairs")
+        raise FileNotFoundError(f"{str(path)!r} does not exist; expected a directory written by c2p.data.pairs")
     return PairExport(**json.loads(path.read_text()))
 
 

@@ -12,7 +12,6 @@
 | ``output``  | the output directory: claim it, find complete shards, write ``index.json``  |
 | ``job``     | the driver: plan, output, tasks, previews, summary                         |
 | ``preview`` | ``previews/`` contact sheets read back from the shards                      |
-| ``pairs``   | image–text pair shards for open_clip's trainer                              |
 
 Every file and folder name of the output directory comes from :mod:`c2p.sharddir`, which
 the readers of shards share. Entry point for people: ``c2p-render --corpus NAME --root DIR --out DIR``

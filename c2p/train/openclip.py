@@ -38,7 +38,7 @@ import torch
 
 from c2p.fileio import atomic_write_bytes
 from c2p.models.clip import create_clip, register_tiny_configs
-from c2p.shards.pairs import PAIRS_NAME, SIZES_NAME, PairExport, export_pairs, load_export
+from c2p.data.pairs import PAIRS_NAME, SIZES_NAME, PairExport, export_pairs, load_export
 
 __all__ = ["ClipTrainSettings", "train_clip", "open_clip_train_fixes", "open_clip_train_argv", "progress_of", "existing_run"]
 
@@ -86,7 +86,7 @@ def epoch_samples(pairs: PairExport) -> int:
     """Pairs per epoch, from the export's ``sizes.json`` (the file open_clip_train itself reads)."""
     path = Path(pairs.out) / SIZES_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"{str(path)!r} does not exist; expected the sizes.json written by c2p.shards.pairs")
+        raise FileNotFoundError(f"{str(path)!r} does not exist; expected the sizes.json written by c2p.data.pairs")
     return sum(int(n) for n in json.loads(path.read_text()).values())
 
 
