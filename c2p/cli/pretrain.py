@@ -33,6 +33,7 @@ from c2p.cli.base import command_parser, print_result, run_command
 from c2p.cluster import ClusterOptions, add_cluster_args, launch
 from c2p.config import ConfigError, load_config, to_yaml
 from c2p.config.pretrain import PretrainConfig
+from c2p.sharddir import ShardDir
 
 TARGET = "c2p.train.pretrain:run"
 
@@ -68,8 +69,9 @@ def check_inputs(cfg: PretrainConfig, opts: ClusterOptions) -> None:
     for i, entry in enumerate(cfg.data.shards):
         for path in _expand_shards(entry):
             if path.is_dir():
-                if not (path / "index.json").is_file():
-                    raise ConfigError(f"data.shards[{i}]", entry, f"a shard directory holding index.json ({path / 'index.json'} is missing)")
+                index = ShardDir(path).index
+                if not index.is_file():
+                    raise ConfigError(f"data.shards[{i}]", entry, f"a shard directory holding {index.name} ({index} is missing)")
             elif not path.is_file():
                 raise ConfigError(f"data.shards[{i}]", entry, f"an existing shard directory or .tar files ({path} does not exist)")
     if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():

@@ -22,7 +22,7 @@ from typing import Sequence
 
 from c2p.cli.base import command_parser, run_command
 from c2p.cluster import ClusterOptions, add_cluster_args, run_ray_in_slurm
-from c2p.config.core import describe, load_config
+from c2p.config.core import ConfigError, describe, load_config
 from c2p.config.render import RenderJobConfig
 from c2p.corpora import CorpusError
 from c2p.shards import PlanMismatch, format_summary, run_render_job
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command_parser(__doc__, RenderJobConfig)
     p.add_argument("--corpus", help="corpus reader name (corpus.name)")
     p.add_argument("--root", help="corpus root directory (corpus.root)")
-    p.add_argument("--out", help="output shard directory (out)")
+    p.add_argument("--out", help="output shard directory (out; default shards/<corpus>[-<split>] here)")
     p.add_argument("--split", help="corpus split (corpus.split)")
     p.add_argument("--address", default=None, help="Ray cluster to join (default: start a local Ray)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line instead of text")
@@ -58,10 +58,18 @@ def expand_overrides(overrides: Sequence[str]) -> list[str]:
 
 
 def build_config(args: argparse.Namespace) -> RenderJobConfig:
-    """Config from ``--config``, the named flags and the overrides; raises ConfigError."""
+    """Config from ``--config``, the named flags and the overrides; raises ConfigError. Without
+    an output anywhere, shards go to ``shards/<corpus>[-<split>]`` in the working directory."""
     flags = {"corpus.name": args.corpus, "corpus.root": args.root, "out": args.out, "corpus.split": args.split}
     overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + expand_overrides(args.overrides)
-    return load_config(RenderJobConfig, args.config, overrides)
+    try:
+        return load_config(RenderJobConfig, args.config, overrides)
+    except ConfigError as e:
+        if e.key != "out" or e.value:
+            raise
+    cfg = load_config(RenderJobConfig, args.config, [*overrides, "out=shards/_"])  # everything else validated
+    default = Path("shards") / "-".join(p for p in (cfg.corpus.name, cfg.corpus.split) if p)
+    return load_config(RenderJobConfig, args.config, [*overrides, f"out={default}"])
 
 
 def body(args: argparse.Namespace) -> int:

@@ -9,7 +9,6 @@ CLIP's image tower itself; after, it is the CLIP2Point depth tower.
 
 from __future__ import annotations
 
-import glob
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from c2p import schema
+from c2p.sharddir import SHARD_GLOB, ShardDir
 
 
 @dataclass
@@ -49,9 +49,9 @@ def load_heldout(shard_dir: str | Path, points: int = 1024, seed: int = 0) -> He
     """
     from c2p.data.reader import read_shard
 
-    paths = sorted(glob.glob(str(Path(shard_dir) / "shard-*.tar")))
+    paths = ShardDir(shard_dir).shard_tars()
     if not paths:
-        raise FileNotFoundError(f"no shard-*.tar in {shard_dir}; expected the output of the render job (c2p-render)")
+        raise FileNotFoundError(f"no {SHARD_GLOB} in {shard_dir}; expected the output of the render job (c2p-render)")
     samples = []
     for path in paths:
         try:
