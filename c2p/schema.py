@@ -238,7 +238,7 @@ class ShardIndex:
         for another schema version."""
         path = ShardDir(root).index
         if not path.is_file():
-            raise FileNotFoundError(f"shard index {path} does not exist; expected a directory written by launch/render.py")
+            raise FileNotFoundError(f"shard index {path} does not exist; expected a directory written by the render job (c2p-render)")
         d = json.loads(path.read_text())
         if d.get("schema_version") != SCHEMA_VERSION:
             raise ValueError(f"{path}: schema_version {d.get('schema_version')!r}; expected {SCHEMA_VERSION}")

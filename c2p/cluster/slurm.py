@@ -5,7 +5,7 @@ The parsers (:func:`parse_sinfo`, :func:`parse_squeue_state`) are pure functions
 commands' text, so they are tested on canned output; :func:`partitions` and
 :func:`slurm_state` run the commands. Job state is read with ``squeue`` rather than through
 submitit's ``sacct`` watcher because a cluster without an accounting database (the local
-SLURM of the tests, many small sites) has no ``sacct``.
+SLURM of a single machine, many small sites) has no ``sacct``.
 """
 
 from __future__ import annotations
