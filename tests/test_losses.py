@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+from c2p.cluster.env import free_port
 from c2p.losses import CLIP2PointLoss, NTXentLoss
 
 
@@ -80,12 +80,6 @@ def test_clip2point_loss_without_intra_is_cross_only():
     assert d1.grad.abs().sum() > 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _gather_worker(rank: int, world: int, port: int, a, b, img, results) -> None:
     import torch.distributed as dist
 
@@ -114,7 +108,7 @@ def test_gathered_negatives_match_single_process_over_global_batch():
     a, b, img = (torch.randn(world * n, d, generator=g) for _ in range(3))
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_gather_worker, args=(world, _free_port(), a, b, img, results), nprocs=world, join=True)
+        mp.spawn(_gather_worker, args=(world, free_port(), a, b, img, results), nprocs=world, join=True)
         results = dict(results)
 
     ga, gb = a.clone().requires_grad_(True), b.clone().requires_grad_(True)

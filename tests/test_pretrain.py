@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from c2p.cluster.env import free_port
 from c2p.config.core import load_config
 from c2p.config.pretrain import PretrainConfig
 from c2p.schema import SHARD_PATTERN, SampleMeta, ShardIndex, ShardWriter, encode_sample, make_key
@@ -66,12 +66,6 @@ def blob_shards(tmp_path_factory) -> Path:
     return write_blob_shards(tmp_path_factory.mktemp("shards") / "blobs")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def base_overrides(shards: Path, run_dir: Path, name: str, imgfeat: bool = True) -> list[str]:
     return [f"data.shards=[{shards}]", f"data.imgfeat_tag={IMGFEAT_TAG if imgfeat else ''}", f"run.dir={run_dir}", f"run.name={name}",
             "train.log_every=1"]
@@ -84,7 +78,7 @@ def launch(world: int, overrides: list[str], *, env: dict | None = None, timeout
     ``expect_rc``: rank -> expected exit code (default 0 for all). When a rank exits with a
     non-zero code the others may wait in a collective forever: they are killed after a grace period.
     """
-    port = str(_free_port())
+    port = str(free_port())
     procs = []
     for rank in range(world):
         penv = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
@@ -191,6 +185,18 @@ def test_cli_refuses_bad_config_before_writing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_export_refuses_a_run_without_that_committed_tag(tmp_path):
+    from c2p.train.export import export_job, export_run
+
+    with pytest.raises(FileNotFoundError, match="no committed"):
+        export_job({"run_dir": str(tmp_path), "tag": None, "out": None})
+    tag = tmp_path / "checkpoints" / "step_00000004"
+    tag.mkdir(parents=True)
+    (tag / "c2p_commit.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"step_00000009.*step_00000004"):
+        export_run(tmp_path, tag="step_00000009")
+
+
 # ----------------------------------------------------------------------------- real runs
 
 
@@ -238,12 +244,12 @@ def test_zero_stage_trains_on_two_ranks(tmp_path, blob_shards, stage):
     commit = json.loads((ckpts / "step_00000004" / "c2p_commit.json").read_text())
     assert (commit["world_size"], commit["zero_stage"], commit["step"]) == (2, stage, 4)
     check_export_matches_engine(run)
-    if stage == 1:  # the engine-free export (launch/export.py) of another tag gives the same tensors
+    if stage == 1:  # the engine-free export (the export command's job) gives the same tensors
         from safetensors.torch import load_file
 
-        from c2p.train.pretrain import export_run
+        from c2p.train.export import export_job
 
-        again = export_run(run, out_dir=tmp_path / "again")
+        again = export_job({"run_dir": str(run), "tag": None, "out": str(tmp_path / "again")})
         a, b = load_file(again), load_file(run / "export" / "depth_tower.safetensors")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
         assert json.loads((tmp_path / "again" / "depth_tower.json").read_text())["step"] == 4

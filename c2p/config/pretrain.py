@@ -37,7 +37,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = option("ViT-B-32", "open_clip model name (tiny test configs: c2p-tiny, c2p-small)")
+    name: str = option("ViT-B-32", "open_clip model name (tiny CPU-sized configs: c2p-tiny, c2p-small)")
     pretrained: str = option("", "local path of CLIP weights (.pt/.bin/.safetensors); empty: random init")
     grad_checkpointing: bool = option(False, "activation checkpointing in the depth tower")
 
@@ -91,7 +91,7 @@ class TrainConfig:
     backend: str = option("auto", "auto: nccl on GPU, gloo on CPU", choices=["auto", "nccl", "gloo"])
     epoch_samples: int = option(0, "samples per epoch for the schedule (0: from index.json)", ge=0)
     log_every: int = option(10, "steps between metric lines", ge=1)
-    deterministic: bool = option(False, "deterministic algorithms (exact resume tests)")
+    deterministic: bool = option(False, "deterministic algorithms: a resumed run repeats the uninterrupted one bit for bit (slower)")
 
 
 @dataclass

@@ -16,8 +16,6 @@ from torch import Tensor, nn
 
 from c2p.losses import CLIP2PointLoss
 
-DEPTH_PREFIX = "depth.visual."
-
 
 class DepthEncoder(nn.Module):
     """A trainable copy of a CLIP visual tower: ``forward(images [B,3,H,W]) -> [B,D]`` raw
@@ -77,20 +75,6 @@ class CLIP2PointModel(nn.Module):
         """The depth tower's weights with the keys of a plain open_clip visual tower
         (``create_clip(name).visual.load_state_dict(sd)`` works); detached CPU tensors."""
         return {k: v.detach().cpu().clone() for k, v in self.depth.visual.state_dict().items()}
-
-    @staticmethod
-    def depth_tower_from_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Visual-tower keys out of a whole-module state dict of this class (e.g. DeepSpeed's
-        consolidated fp32 weights, possibly with a ``module.`` prefix)."""
-        out = {}
-        for key, value in state_dict.items():
-            key = key[len("module."):] if key.startswith("module.") else key
-            if key.startswith(DEPTH_PREFIX):
-                out[key[len(DEPTH_PREFIX):]] = value
-        if not out:
-            raise ValueError(f"state dict with keys {list(state_dict)[:5]}... has no {DEPTH_PREFIX!r} entries; "
-                             f"expected the state dict of a CLIP2PointModel")
-        return out
 
 
 @torch.no_grad()

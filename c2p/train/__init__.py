@@ -1,5 +1,5 @@
-"""CLIP2Point pre-training: DeepSpeed engine, schedules, checkpoints, metrics and the loop.
+"""CLIP2Point pre-training: DeepSpeed engine, schedules, checkpoints, metrics, export and the loop.
 
 Import the submodules (``c2p.train.pretrain``, ``.checkpoint``, ``.engine``, ``.schedule``,
-``.metrics``); this package imports nothing heavy by itself.
+``.metrics``, ``.export``); this package imports nothing heavy by itself.
 """

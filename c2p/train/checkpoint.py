@@ -12,6 +12,7 @@ A tag exists only if its commit marker does: discovery ignores folders without i
 save killed mid-write is never resumed from. :class:`CheckpointManager` owns the whole
 policy (when to save, commit, ``latest``, keep-K, what to resume from, conversion); the
 training loop only calls ``resolve``/``prepare``/``load`` once and ``save`` every step.
+:mod:`c2p.train.export` writes the engine-free depth tower of a committed tag.
 """
 
 from __future__ import annotations
@@ -37,8 +38,7 @@ log = logging.getLogger("c2p.train")
 
 __all__ = [
     "TAG_PATTERN", "COMMIT_NAME", "LATEST_NAME", "KILL_ENV", "DUMP_ENV", "tag_name", "CommittedTag", "ResumeTarget",
-    "CheckpointMismatchError", "CheckpointManager", "committed_tags", "consolidated_state_dict",
-    "export_depth_tower",
+    "CheckpointMismatchError", "CheckpointManager", "committed_tags", "read_commit", "consolidated_state_dict",
 ]
 
 TAG_PATTERN = re.compile(r"^step_(\d{8})$")
@@ -47,7 +47,7 @@ LATEST_NAME = "latest"
 UNIVERSAL_SUFFIX = "_universal"
 UNIVERSAL_DONE = "c2p_universal.json"
 RANK_STATE = "c2p_rank{rank:05d}.json"
-# Test hook: "STEP:RANK" makes that rank exit right after its shard of tag STEP is written,
+# Fault injection: "STEP:RANK" makes that rank exit right after its shard of tag STEP is written,
 # before the commit marker (simulates a node lost mid-save).
 KILL_ENV = "C2P_CKPT_KILL_AFTER_SHARD"
 # Verification hook: a folder; right after a resume every rank saves what it loaded there as
@@ -58,6 +58,7 @@ _UNIVERSAL_INFO = {"universal_checkpoint_info": {"universal_checkpoint_version":
 
 
 def tag_name(step: int) -> str:
+    """Tag folder name of optimizer step ``step`` (``500`` -> ``step_00000500``)."""
     return f"step_{step:08d}"
 
 
@@ -98,7 +99,8 @@ def _atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def _read_commit(tag_dir: Path) -> dict | None:
+def read_commit(tag_dir: Path) -> dict | None:
+    """The commit marker (JSON) of a tag folder, or None when the tag was never committed."""
     try:
         return json.loads((tag_dir / COMMIT_NAME).read_text())
     except (OSError, json.JSONDecodeError):
@@ -115,7 +117,7 @@ def committed_tags(root: str | Path) -> list[CommittedTag]:
         m = TAG_PATTERN.match(d.name)
         if not (m and d.is_dir()):
             continue
-        meta = _read_commit(d)
+        meta = read_commit(d)
         if meta is not None:
             out.append(CommittedTag(d.name, int(m.group(1)), d, meta))
     return sorted(out, key=lambda t: t.step)
@@ -158,6 +160,7 @@ class CheckpointManager:
     # ------------------------------------------------------------------ discovery / resume
 
     def committed(self) -> list[CommittedTag]:
+        """Committed tags of this run, oldest first."""
         return committed_tags(self.root)
 
     def resolve(self, resume: str) -> ResumeTarget | None:
@@ -188,7 +191,7 @@ class CheckpointManager:
             raise FileNotFoundError(f"checkpoint.resume={str(path)!r} does not exist; expected auto, none, or a tag/run folder")
         m = TAG_PATTERN.match(path.name)
         if m:
-            meta = _read_commit(path)
+            meta = read_commit(path)
             if meta is None:
                 raise ValueError(f"checkpoint.resume={str(path)!r} has no {COMMIT_NAME}: the save never finished; "
                                  "expected a committed tag")
@@ -271,6 +274,7 @@ class CheckpointManager:
     # ------------------------------------------------------------------ saving
 
     def should_save(self, step: int, last: bool = False) -> bool:
+        """Every ``every`` steps and at the last step, once per step."""
         return step != self.last_saved and (last or step % self.every == 0)
 
     def save(self, engine, step: int, state: dict, *, last: bool = False,
@@ -348,14 +352,17 @@ def _versions() -> dict:
     return {"torch": torch.__version__, "deepspeed": deepspeed.__version__, "python": sys.version.split()[0]}
 
 
-# ---------------------------------------------------------------------- export
+# ---------------------------------------------------------------------- reading a tag's weights
 
 
 def consolidated_state_dict(tag_dir: str | Path) -> dict[str, torch.Tensor]:
-    """fp32 state dict of the whole trainable module of a tag, on CPU, for any ZeRO stage.
+    """fp32 state dict of the whole trainable module of a tag: parameter name -> contiguous fp32
+    CPU tensor of the parameter's full (unpartitioned) shape, for any ZeRO stage.
 
     ZeRO 1-3 (and bf16) tags go through DeepSpeed's own ``zero_to_fp32``; a ZeRO-0 fp32 tag
-    holds the full module in its model-states file.
+    holds the full module in its model-states file. :mod:`c2p.train.export` turns it into the
+    depth-tower file; it lives here because reading DeepSpeed's tag format (and importing
+    DeepSpeed) is this module's job.
     """
     tag_dir = Path(tag_dir)
     if any(tag_dir.glob("*optim_states.pt")):
@@ -368,36 +375,3 @@ def consolidated_state_dict(tag_dir: str | Path) -> dict[str, torch.Tensor]:
             raise FileNotFoundError(f"{tag_dir}: no mp_rank_*_model_states.pt; expected a DeepSpeed tag folder")
         sd = torch.load(files[0], map_location="cpu", weights_only=True)["module"]  # tensors, dicts, strings only
     return {k: v.float().contiguous() for k, v in sd.items()}
-
-
-def export_depth_tower(tag_dir: str | Path, out_dir: str | Path, build_model: Callable[[dict], torch.nn.Module]) -> Path:
-    """Write ``<out_dir>/depth_tower.safetensors`` (+ ``depth_tower.json``) from a committed tag.
-
-    ``build_model(config_dict)`` returns a fresh CPU CLIP2Point module of the tag's config;
-    the consolidated fp32 weights are loaded into it and its ``depth_tower_state_dict()``
-    (keys of a plain open_clip visual tower) is written. No DeepSpeed engine is needed.
-    """
-    from safetensors.torch import save
-
-    tag_dir, out_dir = Path(tag_dir), Path(out_dir)
-    meta = _read_commit(tag_dir)
-    if meta is None:
-        raise ValueError(f"{tag_dir} has no {COMMIT_NAME}; expected a committed tag")
-    model = build_model(meta["config"])
-    missing, unexpected = model.load_state_dict(consolidated_state_dict(tag_dir), strict=False)
-    missing = [k for k in missing if model.state_dict()[k].dtype.is_floating_point]
-    if missing or unexpected:
-        raise RuntimeError(f"{tag_dir}: consolidated weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    tower = {k: v.detach().float().contiguous().clone() for k, v in model.depth_tower_state_dict().items()}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "depth_tower.safetensors"
-    # The depth maps it learnt from: evaluation warns when it renders others (another point radius).
-    depth = {k: meta["config"].get("depth", {}).get(k) for k in ("image_size", "radius", "dist")}
-    atomic_write_bytes(path, save(tower, metadata={"model": str(meta["signature"].get("model")), "step": str(meta["step"]),
-                                                   "depth": json.dumps(depth)}))
-    info = {"model": meta["signature"].get("model"), "embed_dim": meta["signature"].get("embed_dim"),
-            "image_size": meta["signature"].get("image_size"), "depth": depth, "step": meta["step"], "tag": meta["tag"],
-            "config_hash": meta["config_hash"], "source": str(tag_dir.resolve()), "file": path.name}
-    _atomic_write_text(out_dir / "depth_tower.json", json.dumps(info, indent=1))
-    log.info("exported depth tower of %s to %s", tag_dir, path)
-    return path

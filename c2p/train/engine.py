@@ -27,7 +27,8 @@ __all__ = ["DistInfo", "init_distributed", "resolve_device", "resolve_precision"
 
 @dataclass
 class DistInfo:
-    """This process's place in the job (from RANK/WORLD_SIZE/LOCAL_RANK; world 1 if absent)."""
+    """This process's place in the job (:func:`c2p.cluster.env.read_cluster_env`; world 1 when
+    nothing says otherwise), its device and its process-group backend."""
 
     rank: int
     world_size: int
@@ -37,6 +38,7 @@ class DistInfo:
 
 
 def resolve_device(local_rank: int) -> torch.device:
+    """GPU ``local_rank`` of this node when there are GPUs, else the CPU."""
     return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
 
 
@@ -48,36 +50,29 @@ def resolve_precision(cfg: PretrainConfig, device: torch.device) -> str:
 
 
 def init_distributed(cfg: PretrainConfig) -> DistInfo:
-    """Read the torch.distributed env and open the process group through DeepSpeed.
+    """Find this process's place in the job and open the process group through DeepSpeed.
 
-    A single process without RANK etc. runs as world 1 on 127.0.0.1 with a free port.
+    The place comes from :func:`c2p.cluster.env.setup_env_from_cluster` (submitit, torchrun
+    variables, ``srun``; a bare process is rank 0 of world 1 on 127.0.0.1 with a free port),
+    which also exports it as RANK/WORLD_SIZE/MASTER_* for ``init_process_group``.
     """
     import deepspeed
 
-    env = os.environ
-    if "RANK" not in env:
-        import socket
+    from c2p.cluster.env import setup_env_from_cluster
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        env.setdefault("MASTER_ADDR", "127.0.0.1")
-        env.setdefault("MASTER_PORT", str(port))
-        env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-    rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0"))
-    device = resolve_device(local)
+    place = setup_env_from_cluster()
+    device = resolve_device(place.local_rank)
     backend = cfg.train.backend
     if backend == "auto":
         backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    elif "OMP_NUM_THREADS" not in env:
+    elif "OMP_NUM_THREADS" not in os.environ:
         # CPU ranks share the node's cores: torch's default (all cores per process) oversubscribes
         # them, and spinning intra-op threads then slow every rank down several-fold.
-        local_world = int(env.get("LOCAL_WORLD_SIZE", "1"))
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // max(1, local_world)))
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // max(1, place.local_world_size)))
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
-    return DistInfo(rank, world, local, device, backend)
+    return DistInfo(place.rank, place.world_size, place.local_rank, device, backend)
 
 
 def micro_batch_size(cfg: PretrainConfig, world_size: int) -> int:
@@ -90,7 +85,7 @@ def micro_batch_size(cfg: PretrainConfig, world_size: int) -> int:
 
 
 def deepspeed_config(cfg: PretrainConfig, world_size: int, precision: str, *, load_universal: bool = False) -> dict:
-    """The DeepSpeed JSON config of this run (also written to the run dir for reference)."""
+    """The DeepSpeed JSON config of this run: ZeRO stage, precision, batch split, clipping."""
     stage = cfg.train.zero_stage
     zero: dict[str, Any] = {"stage": stage}
     if stage >= 1:
@@ -156,8 +151,9 @@ def _lamb_class():
 
 
 def build_engine(model: torch.nn.Module, cfg: PretrainConfig, *, world_size: int | None = None,
-                 precision: str | None = None, load_universal: bool = False):
-    """Wrap ``model`` (the trainable CLIP2Point module) in a DeepSpeed engine.
+                 precision: str | None = None, load_universal: bool = False, device: torch.device | None = None):
+    """Wrap ``model`` (the trainable CLIP2Point module) in a DeepSpeed engine on ``device``
+    (None: this process's device from :func:`c2p.cluster.env.read_cluster_env`).
 
     ``load_universal``: the engine will load a universal checkpoint (another world size).
     Activation checkpointing (``model.grad_checkpointing``) is switched on in every
@@ -167,7 +163,10 @@ def build_engine(model: torch.nn.Module, cfg: PretrainConfig, *, world_size: int
     import torch.distributed as dist
 
     world_size = world_size or (dist.get_world_size() if dist.is_initialized() else 1)
-    device = resolve_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if device is None:
+        from c2p.cluster.env import read_cluster_env
+
+        device = resolve_device(read_cluster_env().local_rank)
     precision = precision or resolve_precision(cfg, device)
     if cfg.model.grad_checkpointing:
         for m in model.modules():

@@ -2,11 +2,13 @@
 
     python -m c2p.train.pretrain --config configs/pretrain/tiny.yaml run.name=x train.steps=20
 
-The loop owns no decisions (torchtitan-style): the engine, the schedule, the data stream,
-the checkpoint manager and the metrics logger are built by their modules; the loop renders
-two augmented depth views per object on the training device, steps the engine, logs, and
-hands every step to the checkpoint manager, which decides whether to save.
-Environment: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT (world 1 when absent).
+Building and looping are apart (torchtitan's ``Trainer.__init__`` and ``train()``):
+:func:`setup` builds the process group, the engine (resumed when a checkpoint says so), the
+data stream, the checkpoint manager and the metrics logger into a :class:`Trainer`;
+:meth:`Trainer.train` is the loop, which owns no decisions: it renders two augmented depth
+views per object on the training device, steps the engine, logs, and hands every step to the
+checkpoint manager, which decides whether to save. Where this process sits in the job comes
+from :mod:`c2p.cluster.env` (submitit, torchrun's variables, ``srun``; a bare process is world 1).
 """
 
 from __future__ import annotations
@@ -16,26 +18,31 @@ import contextlib
 import functools
 import json
 import logging
-import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
-from c2p.config.core import ConfigError, build_config, config_hash, load_config, to_dict, to_yaml
+from c2p.config.core import ConfigError, config_hash, load_config, to_dict, to_yaml
 from c2p.config.pretrain import PretrainConfig
+from c2p.train.checkpoint import CheckpointManager, ResumeTarget, tag_name
+from c2p.train.engine import set_lr
+from c2p.train.metrics import MetricsLogger
 
 log = logging.getLogger("c2p.train")
 
-__all__ = ["run", "build_clip2point", "model_signature", "export_run", "main"]
+__all__ = ["run", "setup", "Trainer", "TrainState", "build_clip2point", "model_signature", "main"]
 
 
 def build_clip2point(cfg: PretrainConfig, *, pretrained: bool = True):
     """(frozen CLIP image tower, trainable CLIP2PointModel) of ``cfg.model``/``cfg.loss``.
 
     The depth tower starts as a copy of the CLIP image tower (the paper's init); the text
-    tower is dropped (only evaluation needs it).
+    tower is dropped (only evaluation needs it). ``pretrained=False``: random init (an export
+    overwrites it with a checkpoint's weights).
     """
     from c2p.models.clip import create_clip
     from c2p.models.clip2point import CLIP2PointModel
@@ -48,19 +55,11 @@ def build_clip2point(cfg: PretrainConfig, *, pretrained: bool = True):
 
 
 def model_signature(cfg: PretrainConfig, image_tower: torch.nn.Module) -> dict:
-    """What a checkpoint must match to be loaded into this run's model."""
+    """What a checkpoint must match to be loaded into this run's model: model name,
+    ``embed_dim`` (feature size D) and ``image_size`` (input side in pixels)."""
     from c2p.models.clip import embed_dim, image_size
 
     return {"model": cfg.model.name, "embed_dim": embed_dim(image_tower), "image_size": image_size(image_tower)}
-
-
-def depth_features(module: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Depth-tower features [B,D] of images [B,3,H,W] through the (engine's) CLIP2Point module."""
-    for name in ("encode_depth", "depth_encoder", "depth", "depth_tower"):
-        fn = getattr(module, name, None)
-        if callable(fn):
-            return fn(images)
-    raise AttributeError(f"{type(module).__name__} has none of encode_depth/depth_encoder/depth/depth_tower")
 
 
 def _setup_logging(run_dir: Path, rank: int) -> None:
@@ -145,20 +144,129 @@ def _step_metrics(out: dict, stream, device: torch.device, world: int) -> dict:
     return {**{k: v / world for k, v in zip(_LOSS_KEYS, vals)}, **{k: int(v) for k, v in zip(_COUNT_KEYS, vals[len(_LOSS_KEYS):])}}
 
 
-def run(cfg: PretrainConfig) -> dict:
-    """Train one rank of a pre-training run; returns ``dict(step, run_dir, checkpoint, export, resumed_from, last)``."""
-    import torch.distributed as dist
-    from c2p.data import PretrainStream, epoch_samples
-    from c2p.train.checkpoint import CheckpointManager
-    from c2p.train.engine import build_engine, init_distributed, micro_batch_size, resolve_precision, set_lr
-    from c2p.train.metrics import MetricsLogger, truncate_metrics
+def _lr_schedule(cfg: PretrainConfig) -> Callable[[int], float]:
+    """Learning rate of each step, a pure function of it; the restart period comes from the epoch length."""
+    from c2p.data import epoch_samples
     from c2p.train.schedule import lr_at, steps_per_epoch
+
+    epoch = cfg.train.epoch_samples or epoch_samples(cfg.data.shards)
+    restart_steps = max(1, round(cfg.schedule.restart_epochs * steps_per_epoch(epoch, cfg.train.batch_size)))
+    return functools.partial(lr_at, name=cfg.schedule.name, base_lr=cfg.optim.lr, eta_min=cfg.schedule.eta_min,
+                             warmup_steps=cfg.schedule.warmup_steps, total_steps=cfg.train.steps,
+                             restart_steps=restart_steps)
+
+
+@dataclass
+class TrainState:
+    """What the loop counts and a restart restores, saved as the checkpoints' ``c2p`` client state.
+
+    The engine keeps its own state (weights, optimizer) and so does the data stream (its step
+    and seed, per rank): each object saves what it owns.
+    """
+
+    step: int = 0
+    """optimizer steps done"""
+    samples: int = 0
+    """objects trained on so far, summed over ranks"""
+
+    def state_dict(self) -> dict[str, int]:
+        return {"step": self.step, "samples": self.samples}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.samples = int(state["step"]), int(state.get("samples", 0))
+
+
+def _resume(ckpt: CheckpointManager, engine, target: ResumeTarget | None, run_dir: Path,
+            resume: str) -> tuple[TrainState, dict]:
+    """(run state, this rank's own saved state) after loading ``target`` into ``engine``. A collective."""
+    from c2p.train.metrics import truncate_metrics
+
+    if target is None:
+        log.info("fresh start: no committed checkpoint in %s (resume=%s)", ckpt.root, resume)
+        return TrainState(), {}
+    loaded, rank_state = ckpt.load(engine, target)
+    state = TrainState()
+    state.load_state_dict(loaded)
+    if ckpt.rank == 0:
+        truncate_metrics(run_dir / "metrics.jsonl", state.step)
+    return state, rank_state
+
+
+@dataclass
+class Trainer:
+    """One rank's pre-training, built by :func:`setup`: everything the loop touches."""
+
+    cfg: PretrainConfig
+    rank: int
+    world_size: int
+    device: torch.device
+    dtype: torch.dtype
+    engine: Any
+    image_tower: torch.nn.Module
+    stream: Any
+    checkpoints: CheckpointManager
+    metrics: MetricsLogger
+    schedule: Callable[[int], float]
+    state: TrainState
+    run_dir: Path
+    resumed_from: int | None
+
+    def train(self) -> dict:
+        """Train up to ``train.steps``; returns ``dict(step, run_dir, checkpoint, export, resumed_from, last)``
+        (``last``: the final micro-batch's loss terms, floats)."""
+        cfg, state = self.cfg, self.state
+        clock, out, batches = _StepClock(state.step), {}, iter(self.stream)
+        while state.step < cfg.train.steps:
+            lr = self.schedule(state.step)
+            set_lr(self.engine, lr)
+            gen = _seed_step(cfg.run.seed, self.rank, state.step, self.device)
+            for _ in range(cfg.train.grad_accum):
+                with clock.waiting():
+                    batch = next(batches)
+                out = _micro_step(self.engine, self.image_tower, batch, cfg, gen, self.device, self.dtype)
+            state.step += 1
+            state.samples += cfg.train.batch_size
+            last = state.step == cfg.train.steps
+            if state.step % cfg.train.log_every == 0 or last:  # a collective: same steps on every rank
+                self.metrics.log(state.step, _step_metrics(out, self.stream, self.device, self.world_size)
+                                 | clock.lap(state.step, cfg.train.batch_size) | {"lr": lr, "samples": state.samples})
+            self.checkpoints.save(self.engine, state.step, state.state_dict(), last=last,
+                                  rank_state=lambda: {"data": self.stream.state_dict()})
+        return self._finish(out)
+
+    def _finish(self, out: dict) -> dict:
+        """Export the final tag (when ``checkpoint.export``), close the metrics, wait for every rank."""
+        import torch.distributed as dist
+
+        from c2p.train.export import export_after_training
+
+        final = self.checkpoints.root / tag_name(self.state.step)
+        export = None
+        if self.cfg.checkpoint.export:  # a collective (the probe forward)
+            export = export_after_training(self.engine, self.cfg, final, self.run_dir / "export", self.rank,
+                                           self.device, self.dtype)
+        self.metrics.close()
+        if dist.is_initialized() and self.world_size > 1:
+            dist.barrier()
+        return {"step": self.state.step, "run_dir": str(self.run_dir), "checkpoint": str(final), "export": export,
+                "resumed_from": self.resumed_from, "last": {k: float(v.detach()) for k, v in out.items()} if out else {}}
+
+
+def setup(cfg: PretrainConfig) -> Trainer:
+    """Build one rank of a pre-training run, resumed from ``checkpoint.resume`` when there is a tag.
+
+    A collective: every rank of the job calls it. Refuses a global batch that does not split
+    over the ranks and a depth size other than the model's input size before anything is
+    written; then writes ``<run.dir>/<run.name>/config.yaml`` (rank 0) and the rank's log file.
+    """
+    from c2p.data import PretrainStream
+    from c2p.train.engine import build_engine, init_distributed, micro_batch_size, resolve_precision
 
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-    dist_info = init_distributed(cfg)
-    rank, world, device = dist_info.rank, dist_info.world_size, dist_info.device
+    place = init_distributed(cfg)
+    rank, world, device = place.rank, place.world_size, place.device
     micro = micro_batch_size(cfg, world)  # refuses a batch that does not split, before anything is written
     precision = resolve_precision(cfg, device)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
@@ -167,117 +275,43 @@ def run(cfg: PretrainConfig) -> dict:
     signature = model_signature(cfg, image_tower)
     if cfg.depth.image_size != signature["image_size"]:
         raise ConfigError("depth.image_size", cfg.depth.image_size, f"the image size of {cfg.model.name} ({signature['image_size']})")
-    epoch = cfg.train.epoch_samples or epoch_samples(cfg.data.shards)
-    restart_steps = max(1, round(cfg.schedule.restart_epochs * steps_per_epoch(epoch, cfg.train.batch_size)))
+    schedule = _lr_schedule(cfg)
 
     run_dir = Path(cfg.run.dir) / cfg.run.name
     _setup_logging(run_dir, rank)
-    config = to_dict(cfg)
     ckpt = CheckpointManager(run_dir / "checkpoints", rank=rank, world_size=world, zero_stage=cfg.train.zero_stage,
-                             every=cfg.checkpoint.every, keep=cfg.checkpoint.keep, signature=signature, config=config,
-                             config_hash=config_hash(cfg))
+                             every=cfg.checkpoint.every, keep=cfg.checkpoint.keep, signature=signature,
+                             config=to_dict(cfg), config_hash=config_hash(cfg))
     target = ckpt.resolve(cfg.checkpoint.resume)
     if rank == 0:
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
     ckpt.prepare(target)
-    engine = build_engine(model, cfg, world_size=world, precision=precision,
+    engine = build_engine(model, cfg, world_size=world, precision=precision, device=device,
                           load_universal=bool(target and target.universal))
     image_tower.to(device=device, dtype=dtype)
-    state, rank_state = {"step": 0, "samples": 0}, {}
-    if target is None:
-        log.info("fresh start: no committed checkpoint in %s (resume=%s)", ckpt.root, cfg.checkpoint.resume)
-    else:
-        loaded, rank_state = ckpt.load(engine, target)
-        state.update(loaded)
-        if rank == 0:
-            truncate_metrics(run_dir / "metrics.jsonl", state["step"])
-    state["data_seed"] = cfg.run.seed
+    state, rank_state = _resume(ckpt, engine, target, run_dir, cfg.checkpoint.resume)
     # The stream is rebuilt from (seed, rank, segment) every checkpoint interval, so a resume at a
     # checkpoint step reads exactly the batches the uninterrupted run read (c2p.data.stream).
     stream = PretrainStream(cfg.data, rank=rank, world_size=world, seed=cfg.run.seed, batch_size=micro,
-                            start_step=state["step"] * cfg.train.grad_accum,
+                            start_step=state.step * cfg.train.grad_accum,
                             reseed_every=cfg.checkpoint.every * cfg.train.grad_accum)
-    if rank_state.get("data"):  # same world size: this rank's counters and stream position
+    if rank_state.get("data"):  # same world size: this rank's counters and stream position (and seed)
         stream.load_state_dict(rank_state["data"])
-    batches = iter(stream)
     metrics = MetricsLogger(run_dir, rank, cfg.train.steps)
     log.info("rank %d/%d on %s (%s), ZeRO-%d, micro-batch %d x %d accum, %s", rank, world, device, precision,
              cfg.train.zero_stage, micro, cfg.train.grad_accum, signature)
-
-    resumed_from = state["step"] if target else None
-    schedule = functools.partial(lr_at, name=cfg.schedule.name, base_lr=cfg.optim.lr, eta_min=cfg.schedule.eta_min,
-                                 warmup_steps=cfg.schedule.warmup_steps, total_steps=cfg.train.steps,
-                                 restart_steps=restart_steps)
-    clock, out = _StepClock(state["step"]), {}
-    while state["step"] < cfg.train.steps:
-        lr = schedule(state["step"])
-        set_lr(engine, lr)
-        gen = _seed_step(cfg.run.seed, rank, state["step"], device)
-        for _ in range(cfg.train.grad_accum):
-            with clock.waiting():
-                batch = next(batches)
-            out = _micro_step(engine, image_tower, batch, cfg, gen, device, dtype)
-        state["step"] += 1
-        state["samples"] += cfg.train.batch_size
-        last = state["step"] == cfg.train.steps
-        if state["step"] % cfg.train.log_every == 0 or last:  # a collective: same steps on every rank
-            metrics.log(state["step"], _step_metrics(out, stream, device, world) | clock.lap(state["step"], cfg.train.batch_size)
-                        | {"lr": lr, "samples": state["samples"]})
-        ckpt.save(engine, state["step"], state, last=last, rank_state=lambda: {"data": stream.state_dict()})
-
-    final = ckpt.root / f"step_{state['step']:08d}"
-    export = None
-    if cfg.checkpoint.export:
-        export = _export_with_probe(engine, cfg, final, run_dir / "export", rank, device, dtype)
-    metrics.close()
-    if dist.is_initialized() and world > 1:
-        dist.barrier()
-    return {"step": state["step"], "run_dir": str(run_dir), "checkpoint": str(final), "export": export,
-            "resumed_from": resumed_from, "last": {k: float(v.detach()) for k, v in out.items()} if out else {}}
+    return Trainer(cfg, rank, world, device, dtype, engine, image_tower, stream, ckpt, metrics, schedule,
+                   state, run_dir, resumed_from=state.step if target else None)
 
 
-def _export_with_probe(engine, cfg: PretrainConfig, tag_dir: Path, out_dir: Path, rank: int, device, dtype) -> str | None:
-    """Export the depth tower (rank 0) and the engine's features of a fixed probe (``probe.safetensors``).
-
-    Every rank runs the probe forward: under ZeRO-3 the parameters are gathered collectively.
-    """
-    from safetensors.torch import save_file
-    from c2p.train.checkpoint import export_depth_tower
-
-    size = cfg.depth.image_size
-    probe = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-    engine.module.eval()
-    with torch.no_grad():
-        feats = depth_features(engine.module, probe.to(device, dtype)).float().cpu()
-    engine.module.train()
-    if rank != 0:
-        return None
-    path = export_depth_tower(tag_dir, out_dir, lambda config: build_clip2point(build_config(PretrainConfig, config),
-                                                                                pretrained=False)[1])
-    save_file({"images": probe.contiguous(), "features": feats.contiguous()}, str(out_dir / "probe.safetensors"))
-    return str(path)
-
-
-def export_run(run_dir: str | Path, tag: str | None = None, out_dir: str | Path | None = None) -> Path:
-    """Export the depth tower of ``tag`` (default: newest committed) of a run folder, no DeepSpeed engine.
-
-    For ``launch/export.py RUN_DIR``. Writes ``<run_dir>/export/`` unless ``out_dir`` is given.
-    """
-    from c2p.train.checkpoint import committed_tags, export_depth_tower
-
-    run_dir = Path(run_dir)
-    tags = {t.tag: t for t in committed_tags(run_dir / "checkpoints")}
-    if not tags:
-        raise FileNotFoundError(f"{run_dir / 'checkpoints'} holds no committed step_XXXXXXXX tag")
-    if tag is not None and tag not in tags:
-        raise ValueError(f"tag={tag!r} is not a committed tag of {run_dir}; expected one of {sorted(tags)}")
-    chosen = tags[tag] if tag else tags[max(tags)]
-    return export_depth_tower(chosen.path, out_dir or run_dir / "export",
-                              lambda config: build_clip2point(build_config(PretrainConfig, config), pretrained=False)[1])
+def run(cfg: PretrainConfig) -> dict:
+    """Train one rank of a pre-training run (the job target ``c2p.train.pretrain:run``); returns
+    ``dict(step, run_dir, checkpoint, export, resumed_from, last)`` as :meth:`Trainer.train`."""
+    return setup(cfg).train()
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """``python -m c2p.train.pretrain --config FILE [key=value ...]``: one rank (env as in :func:`run`)."""
+    """``python -m c2p.train.pretrain --config FILE [key=value ...]``: one rank; rank 0 prints the summary as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=False, help="YAML config (configs/pretrain/*.yaml)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=20")
@@ -286,8 +320,9 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = load_config(PretrainConfig, args.config, args.overrides)
     except ConfigError as e:
         parser.exit(2, f"error: {e}\n")
-    summary = run(cfg)
-    if int(os.environ.get("RANK", "0")) == 0:
+    trainer = setup(cfg)
+    summary = trainer.train()
+    if trainer.rank == 0:
         print(json.dumps(summary))
     return summary
 
