@@ -47,21 +47,10 @@ def tiny_shards(tmp_path_factory) -> Path:
     """Two tiny shards of 16 random point clouds with one view and a random 64-d image feature
     (tag ``tiny``, c2p-tiny's embedding size): enough for the tiny pre-training config."""
     import numpy as np
+    from shardkit import object_sample, unit_sphere_points, write_shard_dir
 
-    from c2p.schema import SHARD_PATTERN, SampleMeta, ShardIndex, ShardWriter, encode_sample, make_key
-
-    out = tmp_path_factory.mktemp("launch-shards") / "blobs"
-    out.mkdir()
-    rng, n, counts = np.random.default_rng(0), 16, {}
-    for s in range(2):
-        ids = list(range(s, n, 2))
-        with ShardWriter(out / SHARD_PATTERN.format(s)) as w:
-            for i in ids:
-                p = rng.standard_normal((256, 3))
-                p /= np.linalg.norm(p, axis=1).max()
-                meta = SampleMeta(uid=f"o{i:04d}", corpus="blobs", label=f"c{i % 4}", label_index=i % 4, source="test",
-                                  views=[[0.0, 0.0, 1.0]], points=256)
-                w.write(encode_sample(make_key("blobs", f"o{i:04d}"), p, meta, imgfeat={"tiny": rng.standard_normal((1, 64)).astype(np.float32)}))
-        counts[SHARD_PATTERN.format(s)] = len(ids)
-    ShardIndex(corpus="blobs", settings={}, labels=[f"c{j}" for j in range(4)], shards=counts, total_objects=n).save(out)
-    return out
+    rng, n = np.random.default_rng(0), 16
+    shards = [[object_sample("blobs", f"o{i:04d}", f"c{i % 4}", i % 4, unit_sphere_points(rng, 256),
+                             views=[[0.0, 0.0, 1.0]], imgfeat={"tiny": rng.standard_normal((1, 64)).astype(np.float32)})
+               for i in range(s, n, 2)] for s in range(2)]
+    return write_shard_dir(tmp_path_factory.mktemp("launch-shards") / "blobs", shards, corpus="blobs", labels=[f"c{j}" for j in range(4)])

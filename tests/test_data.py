@@ -20,7 +20,8 @@ from c2p.config.core import ConfigError
 from c2p.config.pretrain import DataConfig
 from c2p.data import PretrainStream, epoch_samples
 from c2p.imagenorm import CLIP_MEAN, CLIP_STD
-from c2p.schema import SHARD_PATTERN, SampleMeta, ShardIndex, ShardWriter, encode_sample, make_key
+from c2p.schema import SHARD_PATTERN, ShardIndex
+from shardkit import object_sample, write_shard_dir
 
 VIEWS = 3
 P_STORED = 64
@@ -33,37 +34,18 @@ def view_colour(v: int) -> np.ndarray:
 
 
 def make_sample(corpus: str, uid: str, label: int, rng: np.random.Generator, *, points: bool = True) -> dict:
-    meta = SampleMeta(
-        uid=uid,
-        corpus=corpus,
-        label=f"class{label}",
-        label_index=label,
-        source=f"/src/{uid}",
-        views=[[10.0 * v, 45.0 * v, 1.0] for v in range(VIEWS)],
-        points=P_STORED,
-    )
     pts = rng.uniform(-0.5, 0.5, size=(P_STORED, 3)).astype(np.float32)
     rgb = [np.broadcast_to(view_colour(v), (SIDE, SIDE, 3)).copy() for v in range(VIEWS)]
     feats = np.stack([np.full(FEAT_DIM, v + 1.0) for v in range(VIEWS)])
-    sample = encode_sample(make_key(corpus, uid), pts, meta, rgb=rgb, imgfeat={"tiny": feats})
-    if not points:
-        del sample["points.npy"]
-    return sample
+    return object_sample(corpus, uid, f"class{label}", label, pts, views=[[10.0 * v, 45.0 * v, 1.0] for v in range(VIEWS)],
+                         rgb=rgb, imgfeat={"tiny": feats}, source=f"/src/{uid}", drop=() if points else ("points.npy",))
 
 
 def write_corpus(root: Path, corpus: str, shards: int, per_shard: int, seed: int = 0) -> Path:
     """A shard directory with index.json: ``shards`` tars of ``per_shard`` samples, labels 0..3."""
-    root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    counts = {}
-    for s in range(shards):
-        name = SHARD_PATTERN.format(s)
-        with ShardWriter(root / name) as w:
-            for i in range(per_shard):
-                w.write(make_sample(corpus, f"s{s}o{i}", (s * per_shard + i) % 4, rng))
-        counts[name] = per_shard
-    ShardIndex(corpus=corpus, settings={}, labels=[f"class{i}" for i in range(4)], shards=counts).save(root)
-    return root
+    samples = [[make_sample(corpus, f"s{s}o{i}", (s * per_shard + i) % 4, rng) for i in range(per_shard)] for s in range(shards)]
+    return write_shard_dir(root, samples, corpus=corpus, labels=[f"class{i}" for i in range(4)])
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +60,8 @@ def corpora(tmp_path_factory) -> dict[str, Path]:
     (broken / SHARD_PATTERN.format(1)).write_bytes(whole[: len(whole) // 2 + 100])
     (broken / SHARD_PATTERN.format(2)).write_bytes(np.random.default_rng(0).bytes(5000))
     rng = np.random.default_rng(4)
-    with ShardWriter(broken / SHARD_PATTERN.format(3)) as w:
-        for i in range(4):
-            w.write(make_sample("broken", f"x{i}", i, rng, points=(i != 2)))
+    write_shard_dir(broken, [[make_sample("broken", f"x{i}", i, rng, points=(i != 2)) for i in range(4)]], corpus="broken",
+                    labels=[], index=False, first=3)
     index = ShardIndex.load(broken)
     index.shards.update({SHARD_PATTERN.format(2): 8, SHARD_PATTERN.format(3): 4})
     index.save(broken)
@@ -259,8 +240,6 @@ def test_finite_passes_split_by_rank(corpora):
 
 
 def test_bad_settings_refused(corpora):
-    with pytest.raises(ConfigError, match="data.views_per_step"):
-        PretrainStream(data_cfg([corpora["alpha"]], views_per_step=2), rank=0, world_size=1, seed=0, batch_size=2)
     with pytest.raises(ConfigError, match="data.weights"):
         PretrainStream(data_cfg([corpora["alpha"]], weights=[1.0, 2.0]), rank=0, world_size=1, seed=0, batch_size=2)
     with pytest.raises(ValueError, match="rank 2"):

@@ -23,7 +23,6 @@ class DataConfig:
     shards: list[str] = option([], "shard directories (with index.json) or brace patterns of .tar files, one per corpus")
     weights: list[float] = option([], "mixing weight per entry of shards (empty: equal)", ge=0.0)
     points: int = option(1024, "points subsampled per object per step (of the stored P)", ge=1)
-    views_per_step: int = option(1, "RGB views used per object per step (the original: 1)", ge=1)
     resampled: bool = option(True, "draw shards with replacement (long runs) instead of finite split passes")
     shuffle_buffer: int = option(1000, "samples held in the streaming shuffle buffer (0: off)", ge=0)
     workers: int = option(2, "DataLoader worker processes per rank", ge=0)

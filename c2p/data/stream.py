@@ -214,8 +214,6 @@ class PretrainStream:
         cfg.validate()
         if not cfg.shards:
             raise ConfigError("data.shards", cfg.shards, "at least one shard directory or pattern")
-        if cfg.views_per_step != 1:
-            raise ConfigError("data.views_per_step", cfg.views_per_step, "1 (one RGB view per object per step)")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} with world_size {world_size}; expected 0 <= rank < world_size")
         for name, value in (("batch_size", batch_size), ("reseed_every", reseed_every), ("views_per_object", views_per_object)):
