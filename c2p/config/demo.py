@@ -1,8 +1,9 @@
-"""Config of the end-to-end demo (``configs/demo/demo.yaml``, ``launch/demo.py``).
+"""Config of the end-to-end demo (``configs/demo/demo.yaml``, ``launch/demo.py``, :mod:`c2p.demo`).
 
 The demo builds its own world: a synthetic corpus, a small CLIP trained on its RGB renders
 and captions, CLIP2Point pre-training on 2 local DeepSpeed ranks, then zero-shot, few-shot
-and retrieval on held-out objects.
+and retrieval on held-out objects. Its values are set on the pre-training and downstream
+configs named in ``configs`` (:mod:`c2p.demo.settings`) when the demo config is loaded.
 """
 
 from __future__ import annotations
@@ -60,12 +61,23 @@ class FewshotStageConfig:
 
 
 @dataclass
+class StageConfigFiles:
+    """The configs the demo's values are set on (:mod:`c2p.demo.settings`)."""
+
+    # Relative to the demo config's folder, as ``_base_`` is: the demo config and the configs it
+    # builds on travel together, wherever the package is installed.
+    pretrain: str = option("pretrain.yaml", "pre-training config the demo's values are set on (relative: to the demo config's folder)")
+    downstream: str = option("downstream.yaml", "zero-shot / few-shot config the demo's values are set on (relative: to the demo config's folder)")
+
+
+@dataclass
 class DemoConfig:
     run: RunConfig = field(default_factory=lambda: RunConfig(name="demo"))
     world: WorldConfig = field(default_factory=WorldConfig)
     clip: ClipStageConfig = field(default_factory=ClipStageConfig)
     pretrain: PretrainStageConfig = field(default_factory=PretrainStageConfig)
     fewshot: FewshotStageConfig = field(default_factory=FewshotStageConfig)
+    configs: StageConfigFiles = field(default_factory=StageConfigFiles)
 
     def validate(self) -> None:
         from c2p.corpora.synthetic import SYNTHETIC_CLASSES
