@@ -394,17 +394,17 @@ def test_object_points_from_points_meshes_and_scenes():
 
 def test_load_heldout_reads_every_shard_in_key_order_and_refuses_a_truncated_one(tmp_path):
     from c2p.eval.retrieval import load_heldout
-    from c2p.schema import SampleMeta, ShardWriter, encode_sample, make_key
+    from shardkit import object_sample, write_shard_dir
 
     rng = np.random.default_rng(0)
     views = [[0.0, 0.0, 1.0], [90.0, 0.0, 1.0]]
-    for shard, uids in (("shard-000000.tar", ["o2", "o0"]), ("shard-000001.tar", ["o1"])):
-        with ShardWriter(tmp_path / shard) as w:
-            for uid in uids:
-                meta = SampleMeta(uid, "t", "a", 0, "src", views, 32)
-                rgb = [rng.integers(0, 255, (8, 8, 3), dtype=np.uint8) for _ in views]
-                w.write(encode_sample(make_key("t", uid), rng.uniform(-0.5, 0.5, (32, 3)), meta, rgb=rgb,
-                                      depth=[np.ones((8, 8))] * 2, imgfeat={"tiny": np.zeros((2, 4))}, caption="a thing"))
+
+    def sample(uid: str) -> dict:
+        rgb = [rng.integers(0, 255, (8, 8, 3), dtype=np.uint8) for _ in views]
+        return object_sample("t", uid, "a", 0, rng.uniform(-0.5, 0.5, (32, 3)), views=views, rgb=rgb,
+                             depth=[np.ones((8, 8))] * 2, imgfeat={"tiny": np.zeros((2, 4))}, caption="a thing", source="src")
+
+    write_shard_dir(tmp_path, [[sample("o2"), sample("o0")], [sample("o1")]], corpus="t", labels=["a"], index=False)
     data = load_heldout(tmp_path, points=16, seed=0)
     assert data.keys == ["t-o0", "t-o1", "t-o2"]
     assert data.points.shape == (3, 16, 3) and data.rgb.shape == (3, 2, 8, 8, 3) and data.views.shape == (3, 2, 3)

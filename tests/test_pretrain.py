@@ -21,7 +21,7 @@ import torch
 from c2p.cluster.env import free_port
 from c2p.config.core import load_config
 from c2p.config.pretrain import PretrainConfig
-from c2p.schema import SHARD_PATTERN, SampleMeta, ShardIndex, ShardWriter, encode_sample, make_key
+from shardkit import object_sample, write_shard_dir
 from c2p.train.schedule import lr_at, steps_per_epoch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,26 +39,19 @@ def write_blob_shards(out: Path, n_objects: int = 32, n_shards: int = 4, points:
     feature (``imgfeat.tiny``): learning to
     retrieve an object's image feature from its depth maps is possible and checkable."""
     rng = np.random.default_rng(seed)
-    out.mkdir(parents=True, exist_ok=True)
     feats = rng.standard_normal((n_objects, EMBED_DIM)).astype(np.float32)
-    counts = {}
-    for s in range(n_shards):
-        ids = list(range(s, n_objects, n_shards))
-        with ShardWriter(out / SHARD_PATTERN.format(s)) as w:
-            for i in ids:
-                centres, scales = rng.uniform(-0.6, 0.6, (3, 3)), rng.uniform(0.05, 0.3, (3, 3))
-                k = rng.integers(0, 3, points)
-                p = centres[k] + rng.standard_normal((points, 3)) * scales[k]
-                p /= np.linalg.norm(p, axis=1).max()
-                meta = SampleMeta(uid=f"o{i:04d}", corpus="blobs", label=f"c{i % 4}", label_index=i % 4,
-                                  source="test", views=[[0.0, 0.0, 1.0]], points=points)
-                rgb = np.broadcast_to(rng.integers(0, 256, (1, 1, 3), dtype=np.uint8), (32, 32, 3))
-                w.write(encode_sample(make_key("blobs", f"o{i:04d}"), p, meta, rgb=[rgb],
-                                      imgfeat={IMGFEAT_TAG: feats[i][None]}))
-        counts[SHARD_PATTERN.format(s)] = len(ids)
-    ShardIndex(corpus="blobs", settings={}, labels=[f"c{j}" for j in range(4)], shards=counts,
-               total_objects=n_objects).save(out)
-    return out
+
+    def blob(i: int) -> dict:
+        centres, scales = rng.uniform(-0.6, 0.6, (3, 3)), rng.uniform(0.05, 0.3, (3, 3))
+        k = rng.integers(0, 3, points)
+        p = centres[k] + rng.standard_normal((points, 3)) * scales[k]
+        p /= np.linalg.norm(p, axis=1).max()
+        rgb = np.broadcast_to(rng.integers(0, 256, (1, 1, 3), dtype=np.uint8), (32, 32, 3))
+        return object_sample("blobs", f"o{i:04d}", f"c{i % 4}", i % 4, p, views=[[0.0, 0.0, 1.0]], rgb=[rgb],
+                             imgfeat={IMGFEAT_TAG: feats[i][None]})
+
+    shards = [[blob(i) for i in range(s, n_objects, n_shards)] for s in range(n_shards)]
+    return write_shard_dir(out, shards, corpus="blobs", labels=[f"c{j}" for j in range(4)])
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,7 @@ from c2p.corpora import ObjectRef, open_corpus
 from c2p.corpora.synthetic import SYNSET_IDS, write_synthetic
 from c2p.schema import ERRORS_NAME, INDEX_NAME, SampleMeta, ShardIndex, decode_image, decode_npy
 from c2p.shards.plan import PlanMismatch, assign_shards, make_plan, object_seed, render_settings
+from shardkit import object_sample, write_shard_dir
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["airplane", "box", "chair", "cone", "lamp", "mug", "sphere", "table"]
@@ -436,7 +437,7 @@ def test_previews_pair_rgb_with_point_depth_when_no_depth_is_stored(tmp_path):
     """Without depth.<v>.png members the contact sheet renders each view's depth from points.npy."""
     from PIL import Image
 
-    from c2p.schema import SHARD_PATTERN, SampleMeta, ShardIndex, ShardWriter, encode_sample, make_key
+    from c2p.schema import ShardIndex
     from c2p.shards.preview import write_previews
 
     rng = np.random.default_rng(0)
@@ -444,16 +445,10 @@ def test_previews_pair_rgb_with_point_depth_when_no_depth_is_stored(tmp_path):
     def sheet(with_points: bool) -> tuple[int, int]:
         out = tmp_path / f"p{int(with_points)}"
         out.mkdir()
-        with ShardWriter(out / SHARD_PATTERN.format(0)) as w:
-            for i in range(2):
-                meta = SampleMeta(uid=f"o{i}", corpus="t", label="c", label_index=0, source="mem",
-                                  views=[[0.0, 0.0, 1.0], [0.0, 90.0, 1.0]], points=64)
-                sample = encode_sample(make_key("t", f"o{i}"), rng.uniform(-0.5, 0.5, (64, 3)), meta,
-                                       rgb=[rng.integers(0, 255, (16, 16, 3), dtype=np.uint8) for _ in range(2)])
-                if not with_points:
-                    del sample["points.npy"]
-                w.write(sample)
-        index = ShardIndex(corpus="t", settings={}, labels=["c"], shards={SHARD_PATTERN.format(0): 2}, total_objects=2)
+        samples = [object_sample("t", f"o{i}", "c", 0, rng.uniform(-0.5, 0.5, (64, 3)), views=[[0.0, 0.0, 1.0], [0.0, 90.0, 1.0]],
+                                 rgb=[rng.integers(0, 255, (16, 16, 3), dtype=np.uint8) for _ in range(2)], source="mem",
+                                 drop=() if with_points else ("points.npy",)) for i in range(2)]
+        index = ShardIndex.load(write_shard_dir(out, [samples], corpus="t", labels=["c"]))
         (path,) = write_previews(out, index, 2)
         return Image.open(path).size
 

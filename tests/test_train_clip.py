@@ -16,11 +16,11 @@ import torch
 
 from c2p.cli.base import UsageError
 from c2p.cli.train_clip import train
-from c2p.models.clip import create_clip, get_tokenizer
-from c2p.schema import SHARD_PATTERN, SampleMeta, ShardIndex, ShardWriter, encode_sample, make_key
-from c2p.data.reader import read_shard
 from c2p.data.pairs import export_pairs, load_export
+from c2p.data.reader import read_shard
+from c2p.models.clip import create_clip, get_tokenizer
 from c2p.train.openclip import open_clip_train_fixes
+from shardkit import object_sample, write_shard_dir
 
 REPO = Path(__file__).resolve().parents[1]
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 50, 230)}
@@ -29,25 +29,17 @@ COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 50, 230)}
 def write_object_shards(root: Path, per_class: int = 4, views: int = 2, size: int = 32, captions: bool = True) -> Path:
     """A c2p shard directory: per object random points, `views` coloured RGB views, a caption."""
     rng = np.random.default_rng(0)
-    root.mkdir(parents=True)
     labels = sorted(COLOURS)
-    counts = {}
     objects = [(label, i) for i in range(per_class) for label in labels]
-    for shard, chunk in enumerate((objects[: len(objects) // 2], objects[len(objects) // 2:])):
-        name = SHARD_PATTERN.format(shard)
-        with ShardWriter(root / name) as w:
-            for label, i in chunk:
-                uid = f"{label}{i}"
-                rgb = [np.clip(np.array(COLOURS[label]) + rng.integers(-20, 20, (size, size, 3)), 0, 255).astype(np.uint8)
-                       for _ in range(views)]
-                meta = SampleMeta(uid=uid, corpus="test", label=label, label_index=labels.index(label), source="mem",
-                                  views=[[0.0, 90.0 * v, 1.0] for v in range(views)], points=16,
-                                  caption=f"a {label} block" if captions else "")
-                w.write(encode_sample(make_key("test", uid), rng.standard_normal((16, 3)) * 0.3, meta, rgb=rgb,
-                                      caption=meta.caption or None))
-        counts[name] = len(chunk)
-    ShardIndex(corpus="test", settings={}, labels=labels, shards=counts, total_objects=len(objects)).save(root)
-    return root
+
+    def sample(label: str, i: int) -> dict:
+        rgb = [np.clip(np.array(COLOURS[label]) + rng.integers(-20, 20, (size, size, 3)), 0, 255).astype(np.uint8)
+               for _ in range(views)]
+        return object_sample("test", f"{label}{i}", label, labels.index(label), rng.standard_normal((16, 3)) * 0.3,
+                             rgb=rgb, caption=f"a {label} block" if captions else "", source="mem")
+
+    halves = (objects[: len(objects) // 2], objects[len(objects) // 2:])
+    return write_shard_dir(root, [[sample(label, i) for label, i in half] for half in halves], corpus="test", labels=labels)
 
 
 def test_export_pairs_one_image_and_caption_per_sample(tmp_path):
