@@ -6,7 +6,13 @@ import pytest
 
 from c2p.cluster import ClusterOptions, LaunchError
 from c2p.cluster.options import mem_mb
-from c2p.cluster.slurm import check_fit, parse_sinfo, parse_squeue_state, sbatch_script, slurm_parameters
+from c2p.cluster.slurm import (
+    check_fit,
+    parse_sinfo,
+    parse_squeue_state,
+    sbatch_script,
+    slurm_parameters,
+)
 
 # `sinfo -h -N -o '%R|%N|%c|%m|%G'` on a small GPU cluster: a node in two partitions, typed and
 # untyped GPU GRES with socket bindings, a CPU-only node, a drained node's "+" suffix on CPUs.

@@ -11,9 +11,16 @@ import numpy as np
 import pytest
 
 from c2p.corpora import open_corpus
-from c2p.corpora.synthetic import COLOURS, MATERIALS, SYNSET_IDS, SYNTHETIC_CLASSES, make_object, write_synthetic
+from c2p.corpora.synthetic import (
+    COLOURS,
+    MATERIALS,
+    SYNSET_IDS,
+    SYNTHETIC_CLASSES,
+    make_object,
+    write_synthetic,
+)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _tree_digest(root: Path) -> dict[str, str]:

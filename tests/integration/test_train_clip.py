@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from shardkit import object_sample, write_shard_dir
 
 from c2p.cli.base import UsageError
 from c2p.cli.train_clip import train
@@ -20,9 +21,8 @@ from c2p.data.pairs import export_pairs, load_export
 from c2p.data.reader import read_shard
 from c2p.models.clip import create_clip, get_tokenizer
 from c2p.train.openclip import open_clip_train_fixes
-from shardkit import object_sample, write_shard_dir
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 50, 230)}
 
 

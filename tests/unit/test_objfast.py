@@ -23,7 +23,7 @@ from c2p.corpora.base import CorpusError, require_file
 from c2p.corpora.meshio import BoundedResolver, check_mesh, load_mesh_file
 from c2p.corpora.objfast import load_obj_fast
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _trimesh(path: Path, bound: Path):

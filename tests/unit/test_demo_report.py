@@ -8,7 +8,15 @@ import json
 import pytest
 
 from c2p.config.demo import DemoConfig
-from c2p.demo.report import CLAIM_INTRA, CLAIM_RETRIEVAL, CLAIM_ZEROSHOT, check_claims, claim_gdpa, plot_report, render_report
+from c2p.demo.report import (
+    CLAIM_INTRA,
+    CLAIM_RETRIEVAL,
+    CLAIM_ZEROSHOT,
+    check_claims,
+    claim_gdpa,
+    plot_report,
+    render_report,
+)
 from c2p.demo.settings import ABLATION, BASELINE, CLIP_PATH, DEPTH_PATH, FULL, GDPA
 
 # The README's run (12 classes, 240 held-out objects): every claim holds.

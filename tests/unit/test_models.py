@@ -5,8 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from c2p.models.clip import (create_clip, embed_dim, encode_text, get_tokenizer, image_size, load_visual,
-                             register_tiny_configs)
+from c2p.models.clip import (
+    create_clip,
+    embed_dim,
+    encode_text,
+    get_tokenizer,
+    image_size,
+    load_visual,
+    register_tiny_configs,
+)
 from c2p.models.clip2point import CLIP2PointModel, DepthEncoder, retrieval_top1
 
 

@@ -11,7 +11,13 @@ import os
 
 import pytest
 
-from c2p.cluster.env import DistEnv, expand_nodelist, port_for_job, read_cluster_env, setup_env_from_cluster
+from c2p.cluster.env import (
+    DistEnv,
+    expand_nodelist,
+    port_for_job,
+    read_cluster_env,
+    setup_env_from_cluster,
+)
 
 _ALL = ["RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SUBMITIT_EXECUTOR"]
 

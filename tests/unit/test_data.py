@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from shardkit import object_sample, write_shard_dir
 
 from c2p.config.core import ConfigError
 from c2p.config.pretrain import DataConfig
 from c2p.data import PretrainStream, epoch_samples
 from c2p.imagenorm import CLIP_MEAN, CLIP_STD
 from c2p.schema import SHARD_PATTERN, ShardIndex
-from shardkit import object_sample, write_shard_dir
 
 VIEWS = 3
 P_STORED = 64
@@ -128,32 +128,6 @@ def test_imgfeat_mode_decodes_no_image(corpora, tmp_path):
     assert len({int(v) for b in batches for v in b["view"][:, 0]}) > 1  # views vary
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "workers,reseed_every,resume_at",
-    [(0, 10, 20), (2, 10, 20), (2, 5, 15)],  # the last: the resumed run's worker 0 serves the old worker 1's lane
-)
-def test_exact_resume(corpora, workers, reseed_every, resume_at):
-    cfg = data_cfg([corpora["alpha"], corpora["beta"]], weights=[2.0, 1.0], workers=workers, imgfeat_tag="tiny")
-    kw = dict(rank=1, world_size=2, seed=7, batch_size=4, reseed_every=reseed_every)
-    straight = take(PretrainStream(cfg, **kw), 40)
-
-    first = PretrainStream(cfg, **kw)
-    take(first, resume_at)
-    state = first.state_dict()
-    assert state["step"] == resume_at
-    resumed = PretrainStream(cfg, **{**kw, "seed": 0})  # the saved seed wins
-    resumed.load_state_dict(state)
-    rest = take(resumed, 40 - resume_at)
-    for s, (a, b) in enumerate(zip(straight[resume_at:], rest), start=resume_at):
-        assert a["key"] == b["key"], f"step {s}"
-        for name in ("points", "view", "imgfeat", "label"):
-            assert torch.equal(a[name], b[name]), f"step {s} {name}"
-    assert resumed.step == 40
-    # Not one batch over and over: steps and segments differ.
-    assert straight[0]["key"] != straight[1]["key"] and straight[5]["key"] != straight[15]["key"]
-
-
 def test_resume_inside_segment_replays(corpora):
     cfg = data_cfg([corpora["alpha"]], imgfeat_tag="tiny")
     kw = dict(rank=0, world_size=1, seed=3, batch_size=3, reseed_every=8)
@@ -164,26 +138,6 @@ def test_resume_inside_segment_replays(corpora):
     assert all(torch.equal(a["points"], b["points"]) for a, b in zip(straight[11:], rest))
     other_seed = take(PretrainStream(cfg, **{**kw, "seed": 4}), 2)
     assert [b["key"] for b in other_seed] != [b["key"] for b in straight[:2]]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("resampled", [False, True])
-def test_corrupt_shards_and_bad_samples_are_skipped_and_counted(corpora, resampled):
-    # Workers=2: the counts are made in worker processes and must reach the main process.
-    cfg = data_cfg([corpora["broken"]], workers=2, resampled=resampled, imgfeat_tag="tiny")
-    stream = PretrainStream(cfg, rank=0, world_size=1, seed=0, batch_size=4, reseed_every=5)
-    batches = take(stream, 12)
-    keys = [k for b in batches for k in b["key"]]
-    assert "broken-x2" not in keys  # the sample without points.npy
-    assert any(k.startswith("broken-s1") for k in keys)  # the truncated shard's readable head is used
-    stats = stream.stats()
-    assert stats["corrupt_shards"] >= 2, stats  # the truncated and the garbage tar
-    assert stats["skipped_samples"] >= 1, stats
-    assert stats["samples"] >= 48 and stats["step"] == 12
-    # The counts survive a restart through the state dict.
-    again = PretrainStream(cfg, rank=0, world_size=1, seed=0, batch_size=4)
-    again.load_state_dict(stream.state_dict())
-    assert again.stats()["corrupt_shards"] == stats["corrupt_shards"]
 
 
 def test_missing_shards_fail_at_construction(corpora, tmp_path):
@@ -340,6 +294,6 @@ def test_loader_imports_no_heavy_engines():
     import sys
 
     code = "import sys, c2p.data; print(sorted(m for m in ('ray', 'moderngl', 'deepspeed', 'submitit') if m in sys.modules))"
-    repo = Path(__file__).resolve().parents[1]  # `python -c` puts its cwd first on sys.path
+    repo = Path(__file__).resolve().parents[2]  # `python -c` puts its cwd first on sys.path
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo)
     assert out.stdout.strip() == "[]"

@@ -3,7 +3,12 @@
 import pytest
 import torch
 
-from c2p.geometry import mesh_triangles, normalize_unit_sphere, sample_surface, scene_pieces
+from c2p.geometry import (
+    mesh_triangles,
+    normalize_unit_sphere,
+    sample_surface,
+    scene_pieces,
+)
 
 
 def _cube():

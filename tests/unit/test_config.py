@@ -7,12 +7,20 @@ from pathlib import Path
 
 import pytest
 
-from c2p.config import ConfigError, config_diff, config_hash, describe, load_config, parse_overrides, to_yaml
+from c2p.config import (
+    ConfigError,
+    config_diff,
+    config_hash,
+    describe,
+    load_config,
+    parse_overrides,
+    to_yaml,
+)
 from c2p.config.downstream import DownstreamConfig
 from c2p.config.pretrain import PretrainConfig
 from c2p.config.render import RenderJobConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_overrides_parse_yaml_scalars_and_lists():

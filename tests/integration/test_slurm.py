@@ -28,7 +28,7 @@ import pytest
 from c2p.cluster.raycluster import _processes_with_env
 from c2p.cluster.slurm import slurm_state
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -153,8 +153,8 @@ def test_slurm_refuses_what_sinfo_cannot_see(slurm_env, tmp_path):
 def test_finetune_sweep_is_one_job_array(uninterrupted, slurm_env, tmp_path, capsys):
     """DOWNSTREAM's launch/finetune.py on SLURM, with the depth tower this module pre-trained:
     K=1 x seeds {0, 1} go out as one array; each element's results.json is collected."""
-    from c2p.corpora.synthetic import SYNTHETIC_CLASSES, write_synthetic
     from c2p.cli.finetune import main as finetune_main
+    from c2p.corpora.synthetic import SYNTHETIC_CLASSES, write_synthetic
 
     tower = uninterrupted[1] / "export" / "depth_tower.safetensors"
     root = write_synthetic(tmp_path / "corpus", layout="shapenet", per_class=2, seed=0, test_per_class=1, classes=SYNTHETIC_CLASSES[:4])
@@ -213,9 +213,9 @@ def test_render_through_ray_inside_slurm_leaves_no_ray_process(slurm_env, tmp_pa
     # A render that fails inside the job (an empty corpus root): the job fails, Ray is still stopped.
     # Called through the library function so that the failure happens inside the job whatever
     # checks launch/render.py makes before submitting.
+    from c2p.cluster import ClusterOptions, JobFailedError, run_ray_in_slurm
     from c2p.config import load_config
     from c2p.config.render import RenderJobConfig
-    from c2p.cluster import ClusterOptions, JobFailedError, run_ray_in_slurm
 
     (tmp_path / "empty").mkdir()
     cfg = load_config(RenderJobConfig, REPO / "configs" / "render" / "synthetic.yaml",

@@ -1,0 +1,115 @@
+"""c2p.cluster options and the pre-training command without running a job: SLURM time parsing,
+local request checks, the dry run's sbatch script and resolved config, refusals before
+anything is written. Local processes and ranks: tests/integration/test_launch_local.py.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from c2p.cli import pretrain as pretrain_cli
+from c2p.cluster import (
+    ClusterOptions,
+    LaunchError,
+    parse_time,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+TINY = REPO / "configs" / "pretrain" / "tiny.yaml"
+
+HELPERS = '''
+import os
+
+def allreduce(cfg):
+    """A real gloo rendezvous over the variables c2p.cluster.env exported."""
+    import torch
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method="env://")
+    t = torch.tensor([float(int(os.environ["RANK"]) + 1)])
+    dist.all_reduce(t)
+    dist.destroy_process_group()
+    keys = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    return dict({k: os.environ[k] for k in keys}, sum=float(t), tag=cfg["tag"])
+
+def square(cfg):
+    return {"x": cfg["x"], "y": cfg["x"] ** 2}
+
+def fail_on_odd(cfg):
+    if cfg["x"] % 2:
+        raise ValueError(f"element x={cfg['x']} refuses odd numbers")
+    return cfg["x"]
+'''
+
+
+def tiny_overrides(shards: Path, run_dir: Path, name: str, *extra: str) -> list[str]:
+    return [f"data.shards=[{shards}]", "data.imgfeat_tag=tiny", f"run.dir={run_dir}", f"run.name={name}", *extra]
+
+
+# ----------------------------------------------------------------------------- options
+
+
+@pytest.mark.parametrize("text, minutes", [(90, 90), ("90", 90), ("02:00:00", 120), ("1:30", 2), ("1-00:00:00", 1440), ("0-2", 120), ("00:10:01", 11)])
+def test_parse_time(text, minutes):
+    assert parse_time(text) == minutes
+
+
+@pytest.mark.parametrize("text", ["soon", "0", "1:2:3:4"])
+def test_parse_time_refuses(text):
+    with pytest.raises(LaunchError, match="--time"):
+        parse_time(text)
+
+
+def test_local_requests_are_checked():
+    with pytest.raises(LaunchError, match="--nodes 2 with --cluster local"):
+        ClusterOptions(cluster="local", nodes=2).validate()
+    with pytest.raises(LaunchError, match="one process per GPU"):
+        ClusterOptions(cluster="slurm", tasks_per_node=4, gpus_per_node=2).validate()
+
+
+# ----------------------------------------------------------------------------- dry run and refusals
+
+
+def test_dry_run_prints_the_sbatch_script_and_resolved_config(tmp_path, tiny_shards, capsys):
+    rc = pretrain_cli.main([
+        "--config", str(TINY), "--cluster", "slurm", "--nodes", "2", "--gpus-per-node", "8", "--cpus-per-task", "10",
+        "--partition", "gpu", "--account", "vision", "--qos", "high", "--time", "2:00:00", "--constraint", "h100",
+        "--mem", "500G", "--exclusive", "--sbatch", "mail-type=END", "--dry-run",
+        *tiny_overrides(tiny_shards, tmp_path / "runs", "dry", "train.steps=7"),
+    ])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    for flag in ["--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8", "--cpus-per-task=10", "--partition=gpu", "--account=vision",
+                 "--qos=high", "--time=120", "--constraint=h100", "--mem=500G", "--exclusive", "--mail-type=END", "--requeue", "--signal=USR2@120"]:
+        assert re.search(rf"^#SBATCH {re.escape(flag)}$", out, flags=re.M), f"{flag} missing from:\n{out}"
+    run_dir = tmp_path / "runs" / "dry"
+    assert f"--output={run_dir}/logs/%j/%j_0_log.out" in out
+    assert "srun --unbuffered" in out and "submitit.core._submit" in out
+    assert "steps: 7" in out and f"- {tiny_shards}" in out  # the resolved config, paths absolute
+    assert not (tmp_path / "runs").exists(), "a dry run wrote something"
+
+
+@pytest.mark.parametrize(
+    "extra, argv, expected",
+    [
+        (["train.stepz=3"], [], "config key 'train.stepz'.*did you mean 'train.steps'"),
+        (["train.steps=-1"], [], "config key 'train.steps'.*>= 1"),
+        (["data.shards=[/nonexistent/shards]"], [], r"data.shards\[0\].*does not exist"),
+        (["train.batch_size=16"], ["--tasks-per-node", "3"], "train.batch_size.*multiple of .* = 3"),
+        ([], ["--time", "later"], "--time 'later'"),
+        ([], ["--nodes", "2"], "--nodes 2 with --cluster local"),
+    ],
+)
+def test_bad_config_or_request_is_refused_before_anything_is_written(tmp_path, tiny_shards, capsys, extra, argv, expected):
+    rc = pretrain_cli.main(["--config", str(TINY), "--cluster", "local", *argv, *tiny_overrides(tiny_shards, tmp_path / "runs", "bad", *extra)])
+    err = capsys.readouterr().err
+    assert rc == 2 and re.search(expected, err), err
+    assert not (tmp_path / "runs").exists()
+
+
+# ----------------------------------------------------------------------------- --cluster local
+
+
