@@ -47,7 +47,7 @@ def tiny_shards(tmp_path_factory) -> Path:
     """Two tiny shards of 16 random point clouds with one view and a random 64-d image feature
     (tag ``tiny``, c2p-tiny's embedding size): enough for the tiny pre-training config."""
     import numpy as np
-    from shardkit import object_sample, unit_sphere_points, write_shard_dir
+    from testdata import object_sample, unit_sphere_points, write_shard_dir
 
     rng, n = np.random.default_rng(0), 16
     shards = [[object_sample("blobs", f"o{i:04d}", f"c{i % 4}", i % 4, unit_sphere_points(rng, 256),

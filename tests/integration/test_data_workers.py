@@ -6,73 +6,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from shardkit import object_sample, write_shard_dir
+from testdata import loader_config, take, write_loader_corpora
 
-from c2p.config.pretrain import DataConfig
 from c2p.data import PretrainStream
-from c2p.schema import SHARD_PATTERN, ShardIndex
-
-VIEWS = 3
-P_STORED = 64
-SIDE = 16  # stored render side; the stream resizes to cfg.image_size
-FEAT_DIM = 8
-
-
-def view_colour(v: int) -> np.ndarray:
-    return np.array([40 * v + 20, 200 - 30 * v, 90], dtype=np.uint8)
-
-
-def make_sample(corpus: str, uid: str, label: int, rng: np.random.Generator, *, points: bool = True) -> dict:
-    pts = rng.uniform(-0.5, 0.5, size=(P_STORED, 3)).astype(np.float32)
-    rgb = [np.broadcast_to(view_colour(v), (SIDE, SIDE, 3)).copy() for v in range(VIEWS)]
-    feats = np.stack([np.full(FEAT_DIM, v + 1.0) for v in range(VIEWS)])
-    return object_sample(corpus, uid, f"class{label}", label, pts, views=[[10.0 * v, 45.0 * v, 1.0] for v in range(VIEWS)],
-                         rgb=rgb, imgfeat={"tiny": feats}, source=f"/src/{uid}", drop=() if points else ("points.npy",))
-
-
-def write_corpus(root: Path, corpus: str, shards: int, per_shard: int, seed: int = 0) -> Path:
-    """A shard directory with index.json: ``shards`` tars of ``per_shard`` samples, labels 0..3."""
-    rng = np.random.default_rng(seed)
-    samples = [[make_sample(corpus, f"s{s}o{i}", (s * per_shard + i) % 4, rng) for i in range(per_shard)] for s in range(shards)]
-    return write_shard_dir(root, samples, corpus=corpus, labels=[f"class{i}" for i in range(4)])
 
 
 @pytest.fixture(scope="module")
 def corpora(tmp_path_factory) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("shards")
-    alpha = write_corpus(base / "alpha", "alpha", shards=4, per_shard=8, seed=1)
-    beta = write_corpus(base / "beta", "beta", shards=2, per_shard=8, seed=2)
-
-    # "broken": one good shard, a truncated copy, a garbage tar, a tar with a sample missing points.
-    broken = write_corpus(base / "broken", "broken", shards=2, per_shard=8, seed=3)
-    whole = (broken / SHARD_PATTERN.format(1)).read_bytes()
-    (broken / SHARD_PATTERN.format(1)).write_bytes(whole[: len(whole) // 2 + 100])
-    (broken / SHARD_PATTERN.format(2)).write_bytes(np.random.default_rng(0).bytes(5000))
-    rng = np.random.default_rng(4)
-    write_shard_dir(broken, [[make_sample("broken", f"x{i}", i, rng, points=(i != 2)) for i in range(4)]], corpus="broken",
-                    labels=[], index=False, first=3)
-    index = ShardIndex.load(broken)
-    index.shards.update({SHARD_PATTERN.format(2): 8, SHARD_PATTERN.format(3): 4})
-    index.save(broken)
-    return {"alpha": alpha, "beta": beta, "broken": broken}
-
-
-def data_cfg(shards, **kw) -> DataConfig:
-    base = dict(shards=[str(s) for s in shards], points=32, shuffle_buffer=16, workers=0, image_size=24)
-    base.update(kw)
-    return DataConfig(**base)
-
-
-def take(stream: PretrainStream, n: int) -> list[dict]:
-    out = []
-    for batch in stream:
-        out.append(batch)
-        if len(out) == n:
-            break
-    return out
+    return write_loader_corpora(tmp_path_factory.mktemp("shards"))
 
 
 @pytest.mark.slow
@@ -81,7 +24,7 @@ def take(stream: PretrainStream, n: int) -> list[dict]:
     [(0, 10, 20), (2, 10, 20), (2, 5, 15)],  # the last: the resumed run's worker 0 serves the old worker 1's lane
 )
 def test_exact_resume(corpora, workers, reseed_every, resume_at):
-    cfg = data_cfg([corpora["alpha"], corpora["beta"]], weights=[2.0, 1.0], workers=workers, imgfeat_tag="tiny")
+    cfg = loader_config([corpora["alpha"], corpora["beta"]], weights=[2.0, 1.0], workers=workers, imgfeat_tag="tiny")
     kw = dict(rank=1, world_size=2, seed=7, batch_size=4, reseed_every=reseed_every)
     straight = take(PretrainStream(cfg, **kw), 40)
 
@@ -105,7 +48,7 @@ def test_exact_resume(corpora, workers, reseed_every, resume_at):
 @pytest.mark.parametrize("resampled", [False, True])
 def test_corrupt_shards_and_bad_samples_are_skipped_and_counted(corpora, resampled):
     # Workers=2: the counts are made in worker processes and must reach the main process.
-    cfg = data_cfg([corpora["broken"]], workers=2, resampled=resampled, imgfeat_tag="tiny")
+    cfg = loader_config([corpora["broken"]], workers=2, resampled=resampled, imgfeat_tag="tiny")
     stream = PretrainStream(cfg, rank=0, world_size=1, seed=0, batch_size=4, reseed_every=5)
     batches = take(stream, 12)
     keys = [k for b in batches for k in b["key"]]

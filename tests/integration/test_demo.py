@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from testdata import DEMO_SHORT
 
 from c2p.demo import check_claims
 from c2p.demo.report import CLAIM_INTRA, CLAIM_RETRIEVAL, CLAIM_ZEROSHOT, claim_gdpa
@@ -19,15 +20,10 @@ from c2p.demo.report import CLAIM_INTRA, CLAIM_RETRIEVAL, CLAIM_ZEROSHOT, claim_
 REPO = Path(__file__).resolve().parents[2]
 DEMO_YAML = REPO / "configs" / "demo" / "demo.yaml"
 
-SHORT = [
-    "world.classes=4", "world.per_class=6", "world.test_per_class=3", "world.image_size=32", "world.shard_size=8",
-    "world.points=512", "clip.model=c2p-tiny", "clip.epochs=1", "clip.batch_size=32", "clip.threads=1",
-    "pretrain.steps=6", "pretrain.batch_size=16", "pretrain.points=256",
-    "fewshot.shots=[1,2]", "fewshot.seeds=[0,1]", "fewshot.epochs=5", "fewshot.views=6",
-]
+SHORT = DEMO_SHORT
 
 
-# ----------------------------------------------------------------------------- unit tier: configs
+# ----------------------------------------------------------------------------- configs
 
 
 # ----------------------------------------------------------------------------- end to end

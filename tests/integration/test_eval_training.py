@@ -8,12 +8,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from testdata import downstream_config, write_modelnet_shapes
 
-from c2p.config import load_config
-from c2p.config.downstream import DownstreamConfig
 from c2p.eval.errors import EvalError
 from c2p.eval.zeroshot import evaluate_zeroshot
 
@@ -25,45 +23,12 @@ ZS_TINY, FS_TINY = str(REPO / "configs/downstream/zeroshot_tiny.yaml"), str(REPO
 # ----------------------------------------------------------------------------- fixtures
 
 
-def _write_off(path: Path, mesh) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    v, f = np.asarray(mesh.vertices), np.asarray(mesh.faces)
-    lines = ["OFF", f"{len(v)} {len(f)} 0"] + [f"{a:.6f} {b:.6f} {c:.6f}" for a, b, c in v] + [f"3 {a} {b} {c}" for a, b, c in f]
-    path.write_text("\n".join(lines) + "\n")
-
-
-def _modelnet_shapes(root: Path, per_class: int, splits=("test",)) -> Path:
-    """A ModelNet-layout corpus of three hand-built shapes: ball (sphere), rod (long thin box
-    along z), plate (flat square). Sizes vary a little so no two objects are the same."""
-    import trimesh
-
-    for split in splits:
-        for i in range(per_class):
-            s = 1.0 + 0.1 * i
-            shapes = {
-                "ball": trimesh.creation.icosphere(subdivisions=2, radius=s),
-                "rod": trimesh.creation.box(extents=(0.08 * s, 0.08 * s, 2.0 * s)),
-                "plate": trimesh.creation.box(extents=(1.5 * s, 1.5 * s, 0.03)),
-            }
-            for name, mesh in shapes.items():
-                _write_off(root / name / split / f"{name}_{split}_{i:04d}.off", mesh)
-    return root
-
-
-def _cfg(tmp_path: Path, root: Path, corpus: str, *overrides: str) -> DownstreamConfig:
-    return load_config(
-        DownstreamConfig,
-        None,
-        [f"data.root={root}", f"data.corpus={corpus}", f"run.dir={tmp_path / 'runs'}", "run.name=t", "encoder.device=cpu", *overrides],
-    )
-
-
 # ----------------------------------------------------------------------------- zero-shot
 
 
 def test_zeroshot_with_tiny_clip_writes_a_report(tmp_path):
-    root = _modelnet_shapes(tmp_path / "mn", per_class=1)
-    cfg = _cfg(tmp_path, root, "modelnet", "encoder.model=c2p-tiny", "data.points=256", "encoder.views=6", "data.rotate_zup=true")
+    root = write_modelnet_shapes(tmp_path / "mn", per_class=1)
+    cfg = downstream_config(tmp_path, root, "modelnet", "encoder.model=c2p-tiny", "data.points=256", "encoder.views=6", "data.rotate_zup=true")
     res = evaluate_zeroshot(cfg)
     assert res["encoder"] == "clip_visual" and res["image_size"] == 32
     assert 0.0 <= res["metrics"]["top1"] <= 1.0 and res["metrics"]["n"] == 3
@@ -99,7 +64,7 @@ def synthetic(tmp_path_factory):
 
 def _fs_cfg(tmp_path, synthetic, *overrides):
     root, tower = synthetic
-    return _cfg(
+    return downstream_config(
         tmp_path, root, "synthetic", "encoder.model=c2p-tiny", f"encoder.depth_tower={tower}", "encoder.views=6",
         "data.points=512", f"encoder.cache_dir={tmp_path / 'cache'}", *overrides,
     )

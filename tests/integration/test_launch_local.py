@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from testdata import tiny_overrides
 
 from c2p.cluster import (
     ClusterOptions,
@@ -60,10 +61,6 @@ def helpers(tmp_path, monkeypatch) -> str:
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(mod), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     return "launch_helpers"
-
-
-def tiny_overrides(shards: Path, run_dir: Path, name: str, *extra: str) -> list[str]:
-    return [f"data.shards=[{shards}]", "data.imgfeat_tag=tiny", f"run.dir={run_dir}", f"run.name={name}", *extra]
 
 
 # ----------------------------------------------------------------------------- options

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from shardkit import object_sample, write_shard_dir
+from testdata import object_sample, write_shard_dir
 
 from c2p.cluster.env import free_port
 

@@ -21,11 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from testdata import BROKEN_CLASSES as CLASSES
+from testdata import BROKEN_LISTING, BROKEN_LOAD, write_broken_shapenet
 
 from c2p.config.core import load_config
 from c2p.config.render import RenderJobConfig
 from c2p.corpora import open_corpus
-from c2p.corpora.synthetic import SYNSET_IDS, write_synthetic
+from c2p.corpora.synthetic import SYNSET_IDS
 from c2p.schema import (
     ERRORS_NAME,
     INDEX_NAME,
@@ -40,12 +42,9 @@ from c2p.shards.plan import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-CLASSES = ["airplane", "box", "chair", "cone", "lamp", "mug", "sphere", "table"]
 # Small renders keep the module within its time budget on 2 shared cores.
 SMALL = ["views.set=6", "views.image_size=32", "job.points=512", "views.depth_png=true", "job.previews=4",
          "job.progress=false", "job.shard_size=2"]
-BROKEN_LISTING = {"empty": "empty file", "dir": "is a directory"}  # caught when the corpus is listed
-BROKEN_LOAD = {"garbage", "nanverts"}  # caught when the object is loaded
 # Shards (of 2, by uid): [airplane, chair] [chair/zzgarbage, chair/zznanverts] [lamp, mug] [table, box] [cone, sphere]
 FAULT_SHARD = 2
 
@@ -88,27 +87,7 @@ def _tar_samples(path: Path) -> dict[str, dict[str, bytes]]:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    """8 good objects (one without its texture image) + 4 broken ones, all in all.csv's train split."""
-    root = write_synthetic(tmp_path_factory.mktemp("corpus") / "syn", layout="shapenet", per_class=1, seed=0, classes=CLASSES)
-    synset = SYNSET_IDS["chair"]
-    good = next((root / synset).iterdir())
-    (good / "images" / "texture0.png").unlink()  # missing texture: still a good object
-    for name in ["empty", "dir", *sorted(BROKEN_LOAD)]:
-        models = root / synset / f"zz{name}" / "models"
-        models.mkdir(parents=True)
-        obj = models / "model_normalized.obj"
-        if name == "empty":
-            obj.write_bytes(b"")
-        elif name == "dir":
-            obj.mkdir()
-        elif name == "garbage":
-            obj.write_bytes(np.random.default_rng(0).bytes(3000))
-        else:
-            obj.write_text("v nan 0 0\nv 1 0 0\nv 0 1 0\nv 0 0 1\nf 1 2 3\nf 1 3 4\n")
-    with open(root / "all.csv", "a") as f:
-        for i, name in enumerate(["empty", "dir", *sorted(BROKEN_LOAD)]):
-            f.write(f"{1000 + i},{synset},{synset},zz{name},train\n")
-    return root
+    return write_broken_shapenet(tmp_path_factory.mktemp("corpus") / "syn")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from shardkit import object_sample, write_shard_dir
+from testdata import object_sample, write_shard_dir
 
 from c2p.cli.base import UsageError
 from c2p.cli.train_clip import train

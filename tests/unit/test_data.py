@@ -15,76 +15,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from shardkit import object_sample, write_shard_dir
+from testdata import LOADER_FEAT_DIM as FEAT_DIM
+from testdata import (
+    loader_config,
+    take,
+    view_colour,
+    write_loader_corpora,
+    write_loader_corpus,
+)
 
 from c2p.config.core import ConfigError
-from c2p.config.pretrain import DataConfig
 from c2p.data import PretrainStream, epoch_samples
 from c2p.imagenorm import CLIP_MEAN, CLIP_STD
-from c2p.schema import SHARD_PATTERN, ShardIndex
-
-VIEWS = 3
-P_STORED = 64
-SIDE = 16  # stored render side; the stream resizes to cfg.image_size
-FEAT_DIM = 8
-
-
-def view_colour(v: int) -> np.ndarray:
-    return np.array([40 * v + 20, 200 - 30 * v, 90], dtype=np.uint8)
-
-
-def make_sample(corpus: str, uid: str, label: int, rng: np.random.Generator, *, points: bool = True) -> dict:
-    pts = rng.uniform(-0.5, 0.5, size=(P_STORED, 3)).astype(np.float32)
-    rgb = [np.broadcast_to(view_colour(v), (SIDE, SIDE, 3)).copy() for v in range(VIEWS)]
-    feats = np.stack([np.full(FEAT_DIM, v + 1.0) for v in range(VIEWS)])
-    return object_sample(corpus, uid, f"class{label}", label, pts, views=[[10.0 * v, 45.0 * v, 1.0] for v in range(VIEWS)],
-                         rgb=rgb, imgfeat={"tiny": feats}, source=f"/src/{uid}", drop=() if points else ("points.npy",))
-
-
-def write_corpus(root: Path, corpus: str, shards: int, per_shard: int, seed: int = 0) -> Path:
-    """A shard directory with index.json: ``shards`` tars of ``per_shard`` samples, labels 0..3."""
-    rng = np.random.default_rng(seed)
-    samples = [[make_sample(corpus, f"s{s}o{i}", (s * per_shard + i) % 4, rng) for i in range(per_shard)] for s in range(shards)]
-    return write_shard_dir(root, samples, corpus=corpus, labels=[f"class{i}" for i in range(4)])
+from c2p.schema import SHARD_PATTERN
 
 
 @pytest.fixture(scope="module")
 def corpora(tmp_path_factory) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("shards")
-    alpha = write_corpus(base / "alpha", "alpha", shards=4, per_shard=8, seed=1)
-    beta = write_corpus(base / "beta", "beta", shards=2, per_shard=8, seed=2)
-
-    # "broken": one good shard, a truncated copy, a garbage tar, a tar with a sample missing points.
-    broken = write_corpus(base / "broken", "broken", shards=2, per_shard=8, seed=3)
-    whole = (broken / SHARD_PATTERN.format(1)).read_bytes()
-    (broken / SHARD_PATTERN.format(1)).write_bytes(whole[: len(whole) // 2 + 100])
-    (broken / SHARD_PATTERN.format(2)).write_bytes(np.random.default_rng(0).bytes(5000))
-    rng = np.random.default_rng(4)
-    write_shard_dir(broken, [[make_sample("broken", f"x{i}", i, rng, points=(i != 2)) for i in range(4)]], corpus="broken",
-                    labels=[], index=False, first=3)
-    index = ShardIndex.load(broken)
-    index.shards.update({SHARD_PATTERN.format(2): 8, SHARD_PATTERN.format(3): 4})
-    index.save(broken)
-    return {"alpha": alpha, "beta": beta, "broken": broken}
-
-
-def data_cfg(shards, **kw) -> DataConfig:
-    base = dict(shards=[str(s) for s in shards], points=32, shuffle_buffer=16, workers=0, image_size=24)
-    base.update(kw)
-    return DataConfig(**base)
-
-
-def take(stream: PretrainStream, n: int) -> list[dict]:
-    out = []
-    for batch in stream:
-        out.append(batch)
-        if len(out) == n:
-            break
-    return out
+    return write_loader_corpora(tmp_path_factory.mktemp("shards"))
 
 
 def test_batch_layout_and_content_rgb(corpora):
-    stream = PretrainStream(data_cfg([corpora["alpha"]]), rank=0, world_size=1, seed=0, batch_size=5)
+    stream = PretrainStream(loader_config([corpora["alpha"]]), rank=0, world_size=1, seed=0, batch_size=5)
     (batch,) = take(stream, 1)
     assert set(batch) == {"points", "view", "image", "label", "key"}
     assert batch["points"].shape == (5, 32, 3) and batch["points"].dtype == torch.float32
@@ -106,7 +58,7 @@ def test_batch_layout_and_content_rgb(corpora):
 
 def test_imgfeat_mode_decodes_no_image(corpora, tmp_path):
     # RGB members replaced by garbage: the feature path must never decode them.
-    root = write_corpus(tmp_path / "feat", "feat", shards=1, per_shard=6)
+    root = write_loader_corpus(tmp_path / "feat", "feat", shards=1, per_shard=6)
     src = root / SHARD_PATTERN.format(0)
     dst = root / "tmp.tar"
     with tarfile.open(src) as tin, tarfile.open(dst, "w") as tout:
@@ -117,7 +69,7 @@ def test_imgfeat_mode_decodes_no_image(corpora, tmp_path):
                 info.size = len(data)
             tout.addfile(info, io.BytesIO(data))
     dst.replace(src)
-    stream = PretrainStream(data_cfg([root], imgfeat_tag="tiny"), rank=0, world_size=1, seed=0, batch_size=4)
+    stream = PretrainStream(loader_config([root], imgfeat_tag="tiny"), rank=0, world_size=1, seed=0, batch_size=4)
     batches = take(stream, 3)
     for batch in batches:
         assert "image" not in batch and batch["imgfeat"].shape == (4, FEAT_DIM)
@@ -129,7 +81,7 @@ def test_imgfeat_mode_decodes_no_image(corpora, tmp_path):
 
 
 def test_resume_inside_segment_replays(corpora):
-    cfg = data_cfg([corpora["alpha"]], imgfeat_tag="tiny")
+    cfg = loader_config([corpora["alpha"]], imgfeat_tag="tiny")
     kw = dict(rank=0, world_size=1, seed=3, batch_size=3, reseed_every=8)
     straight = take(PretrainStream(cfg, **kw), 14)
     resumed = PretrainStream(cfg, start_step=11, **kw)
@@ -143,25 +95,25 @@ def test_resume_inside_segment_replays(corpora):
 def test_missing_shards_fail_at_construction(corpora, tmp_path):
     missing_dir = tmp_path / "nowhere"
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        PretrainStream(data_cfg([corpora["alpha"], missing_dir]), rank=0, world_size=1, seed=0, batch_size=2)
+        PretrainStream(loader_config([corpora["alpha"], missing_dir]), rank=0, world_size=1, seed=0, batch_size=2)
     no_index = tmp_path / "no_index"
     no_index.mkdir()
     with pytest.raises(FileNotFoundError, match="no_index/index.json"):
-        PretrainStream(data_cfg([no_index]), rank=0, world_size=1, seed=0, batch_size=2)
+        PretrainStream(loader_config([no_index]), rank=0, world_size=1, seed=0, batch_size=2)
     lost = shutil.copytree(corpora["beta"], tmp_path / "lost")
     (lost / SHARD_PATTERN.format(1)).unlink()
     with pytest.raises(FileNotFoundError, match="shard-000001.tar"):
-        PretrainStream(data_cfg([lost]), rank=0, world_size=1, seed=0, batch_size=2)
+        PretrainStream(loader_config([lost]), rank=0, world_size=1, seed=0, batch_size=2)
     pattern = str(corpora["alpha"] / "shard-{000000..000009}.tar")
     with pytest.raises(FileNotFoundError, match="shard-000004.tar"):
-        PretrainStream(data_cfg([pattern]), rank=0, world_size=1, seed=0, batch_size=2)
+        PretrainStream(loader_config([pattern]), rank=0, world_size=1, seed=0, batch_size=2)
 
 
 def test_patterns_and_epoch_samples(corpora, tmp_path):
     pattern = str(corpora["alpha"] / "shard-{000000..000001}.tar")
     assert epoch_samples([str(corpora["alpha"]), str(corpora["beta"])]) == 32 + 16
     assert epoch_samples([pattern]) == 16  # counts from the index.json beside the tars
-    stream = PretrainStream(data_cfg([pattern]), rank=0, world_size=1, seed=0, batch_size=2)
+    stream = PretrainStream(loader_config([pattern]), rank=0, world_size=1, seed=0, batch_size=2)
     assert stream.epoch_samples == 16
     keys = {k for b in take(stream, 20) for k in b["key"]}
     assert keys <= {f"alpha-s{s}o{i}" for s in range(2) for i in range(8)}
@@ -172,17 +124,17 @@ def test_patterns_and_epoch_samples(corpora, tmp_path):
 
 
 def test_corpora_mixed_by_weight(corpora):
-    cfg = data_cfg([corpora["alpha"], corpora["beta"]], weights=[3.0, 1.0], imgfeat_tag="tiny")
+    cfg = loader_config([corpora["alpha"], corpora["beta"]], weights=[3.0, 1.0], imgfeat_tag="tiny")
     keys = [k for b in take(PretrainStream(cfg, rank=0, world_size=1, seed=0, batch_size=20), 12) for k in b["key"]]
     share = sum(k.startswith("alpha-") for k in keys) / len(keys)
     assert 0.65 < share < 0.85, share
-    only = data_cfg([corpora["alpha"], corpora["beta"]], weights=[1.0, 0.0], imgfeat_tag="tiny")
+    only = loader_config([corpora["alpha"], corpora["beta"]], weights=[1.0, 0.0], imgfeat_tag="tiny")
     keys = [k for b in take(PretrainStream(only, rank=0, world_size=1, seed=0, batch_size=20), 3) for k in b["key"]]
     assert all(k.startswith("alpha-") for k in keys)
 
 
 def test_finite_passes_split_by_rank(corpora):
-    cfg = data_cfg([corpora["alpha"]], resampled=False, shuffle_buffer=0, imgfeat_tag="tiny")
+    cfg = loader_config([corpora["alpha"]], resampled=False, shuffle_buffer=0, imgfeat_tag="tiny")
     per_rank = []
     for rank in range(2):
         stream = PretrainStream(cfg, rank=rank, world_size=2, seed=5, batch_size=4)
@@ -190,14 +142,14 @@ def test_finite_passes_split_by_rank(corpora):
     assert not set(per_rank[0]) & set(per_rank[1])
     assert len(set(per_rank[0]) | set(per_rank[1])) == 32
     with pytest.raises(ConfigError, match="data.resampled"):
-        PretrainStream(data_cfg([corpora["beta"]], resampled=False), rank=0, world_size=4, seed=0, batch_size=2)
+        PretrainStream(loader_config([corpora["beta"]], resampled=False), rank=0, world_size=4, seed=0, batch_size=2)
 
 
 def test_bad_settings_refused(corpora):
     with pytest.raises(ConfigError, match="data.weights"):
-        PretrainStream(data_cfg([corpora["alpha"]], weights=[1.0, 2.0]), rank=0, world_size=1, seed=0, batch_size=2)
+        PretrainStream(loader_config([corpora["alpha"]], weights=[1.0, 2.0]), rank=0, world_size=1, seed=0, batch_size=2)
     with pytest.raises(ValueError, match="rank 2"):
-        PretrainStream(data_cfg([corpora["alpha"]]), rank=2, world_size=2, seed=0, batch_size=2)
+        PretrainStream(loader_config([corpora["alpha"]]), rank=2, world_size=2, seed=0, batch_size=2)
 
 
 def test_cached_npy_decoder_matches_numpy():

@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from testdata import downstream_config, write_modelnet_shapes
 from torch import nn
 
-from c2p.config import load_config
-from c2p.config.downstream import DownstreamConfig
 from c2p.eval.errors import EvalError
 from c2p.eval.features import ViewFeatureCache, ViewSetting
 from c2p.eval.report import classification_metrics
@@ -28,31 +27,6 @@ ZS_TINY, FS_TINY = str(REPO / "configs/downstream/zeroshot_tiny.yaml"), str(REPO
 
 
 # ----------------------------------------------------------------------------- fixtures
-
-
-def _write_off(path: Path, mesh) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    v, f = np.asarray(mesh.vertices), np.asarray(mesh.faces)
-    lines = ["OFF", f"{len(v)} {len(f)} 0"] + [f"{a:.6f} {b:.6f} {c:.6f}" for a, b, c in v] + [f"3 {a} {b} {c}" for a, b, c in f]
-    path.write_text("\n".join(lines) + "\n")
-
-
-def _modelnet_shapes(root: Path, per_class: int, splits=("test",)) -> Path:
-    """A ModelNet-layout corpus of three hand-built shapes: ball (sphere), rod (long thin box
-    along z), plate (flat square). Sizes vary a little so no two objects are the same."""
-    import trimesh
-
-    for split in splits:
-        for i in range(per_class):
-            s = 1.0 + 0.1 * i
-            shapes = {
-                "ball": trimesh.creation.icosphere(subdivisions=2, radius=s),
-                "rod": trimesh.creation.box(extents=(0.08 * s, 0.08 * s, 2.0 * s)),
-                "plate": trimesh.creation.box(extents=(1.5 * s, 1.5 * s, 0.03)),
-            }
-            for name, mesh in shapes.items():
-                _write_off(root / name / split / f"{name}_{split}_{i:04d}.off", mesh)
-    return root
 
 
 class CoverageTower(nn.Module):
@@ -75,14 +49,6 @@ class CoverageTower(nn.Module):
         return torch.stack([covered, torch.full_like(covered, 0.3)], dim=1) + 0 * self.dummy
 
 
-def _cfg(tmp_path: Path, root: Path, corpus: str, *overrides: str) -> DownstreamConfig:
-    return load_config(
-        DownstreamConfig,
-        None,
-        [f"data.root={root}", f"data.corpus={corpus}", f"run.dir={tmp_path / 'runs'}", "run.name=t", "encoder.device=cpu", *overrides],
-    )
-
-
 # ----------------------------------------------------------------------------- zero-shot
 
 
@@ -98,8 +64,8 @@ def test_zeroshot_hand_built_case_gives_the_expected_accuracy(tmp_path):
     """ball → text [1,0], rod → [0,1], plate → [-1,-1]: with a tower whose features are
     [coverage, 0.3] >= 0, a ball (coverage ~0.8 in every view) is always 'ball', a rod
     (coverage < 0.05) always 'rod', and a plate can never be 'plate'. Top-1 is exactly 2/3."""
-    root = _modelnet_shapes(tmp_path / "mn", per_class=2)
-    cfg = _cfg(tmp_path, root, "modelnet", "data.rotate_zup=true", "data.points=512", "encoder.image_size=32", "encoder.views=6", "encoder.radius=0.08")
+    root = write_modelnet_shapes(tmp_path / "mn", per_class=2)
+    cfg = downstream_config(tmp_path, root, "modelnet", "data.rotate_zup=true", "data.points=512", "encoder.image_size=32", "encoder.views=6", "encoder.radius=0.08")
     classes = ["ball", "plate", "rod"]  # the corpus's sorted labels
     text = torch.tensor([[1.0, 0.0], [-1.0, -1.0], [0.0, 1.0]])
     res = evaluate_zeroshot(cfg, visual=CoverageTower(), text_features=text)
@@ -149,25 +115,25 @@ def test_classification_metrics():
 
 
 def test_class_list_not_matching_the_corpus_is_named(tmp_path):
-    root = _modelnet_shapes(tmp_path / "mn", per_class=1)
-    cfg = _cfg(tmp_path, root, "modelnet", "data.classes=[ball,rod,cube]")
+    root = write_modelnet_shapes(tmp_path / "mn", per_class=1)
+    cfg = downstream_config(tmp_path, root, "modelnet", "data.classes=[ball,rod,cube]")
     with pytest.raises(EvalError, match=r"labels not in data.classes: \['plate'\].*not in the corpus: \['cube'\]"):
         load_split(cfg.data, "test")
 
 
 def test_class_list_in_another_order_is_remapped(tmp_path):
-    root = _modelnet_shapes(tmp_path / "mn", per_class=1)
-    cfg = _cfg(tmp_path, root, "modelnet", "data.classes=[rod,ball,plate]", "data.points=64")
+    root = write_modelnet_shapes(tmp_path / "mn", per_class=1)
+    cfg = downstream_config(tmp_path, root, "modelnet", "data.classes=[rod,ball,plate]", "data.points=64")
     split = load_split(cfg.data, "test")
     assert split.classes == ["rod", "ball", "plate"]
     assert [split.classes[i] for i in split.labels.tolist()] == [u.split("_")[0] for u in split.uids]
 
 
 def test_empty_split_is_named(tmp_path):
-    root = _modelnet_shapes(tmp_path / "mn", per_class=1, splits=("train",))
+    root = write_modelnet_shapes(tmp_path / "mn", per_class=1, splits=("train",))
     for c in ("ball", "plate", "rod"):
         (root / c / "test").mkdir()
-    cfg = _cfg(tmp_path, root, "modelnet")
+    cfg = downstream_config(tmp_path, root, "modelnet")
     with pytest.raises(EvalError, match=r"split 'test' is empty"):
         load_split(cfg.data, "test")
 
@@ -224,7 +190,7 @@ def test_object_points_from_points_meshes_and_scenes():
 
 
 def test_load_heldout_reads_every_shard_in_key_order_and_refuses_a_truncated_one(tmp_path):
-    from shardkit import object_sample, write_shard_dir
+    from testdata import object_sample, write_shard_dir
 
     from c2p.eval.retrieval import load_heldout
 

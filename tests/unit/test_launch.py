@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+from testdata import tiny_overrides
 
 from c2p.cli import pretrain as pretrain_cli
 from c2p.cluster import (
@@ -20,34 +21,6 @@ from c2p.cluster import (
 REPO = Path(__file__).resolve().parents[2]
 
 TINY = REPO / "configs" / "pretrain" / "tiny.yaml"
-
-HELPERS = '''
-import os
-
-def allreduce(cfg):
-    """A real gloo rendezvous over the variables c2p.cluster.env exported."""
-    import torch
-    import torch.distributed as dist
-    dist.init_process_group("gloo", init_method="env://")
-    t = torch.tensor([float(int(os.environ["RANK"]) + 1)])
-    dist.all_reduce(t)
-    dist.destroy_process_group()
-    keys = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-    return dict({k: os.environ[k] for k in keys}, sum=float(t), tag=cfg["tag"])
-
-def square(cfg):
-    return {"x": cfg["x"], "y": cfg["x"] ** 2}
-
-def fail_on_odd(cfg):
-    if cfg["x"] % 2:
-        raise ValueError(f"element x={cfg['x']} refuses odd numbers")
-    return cfg["x"]
-'''
-
-
-def tiny_overrides(shards: Path, run_dir: Path, name: str, *extra: str) -> list[str]:
-    return [f"data.shards=[{shards}]", "data.imgfeat_tag=tiny", f"run.dir={run_dir}", f"run.name={name}", *extra]
-
 
 # ----------------------------------------------------------------------------- options
 
