@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,7 +31,6 @@ def worker(args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    sys.path.insert(0, str(REPO))
     from c2p.config.core import load_config
     from c2p.config.pretrain import PretrainConfig
     from c2p.train.engine import build_engine, build_optimizer, init_distributed
@@ -112,13 +110,13 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from c2p.cluster.env import free_port
+
+    port = free_port()
     procs = []
     for rank in range(args.world):
         env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(args.world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port), OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+                   MASTER_PORT=str(port), OMP_NUM_THREADS="1")
         procs.append(subprocess.Popen([sys.executable, __file__, "--worker", *sys.argv[1:]], env=env,
                                       stdout=subprocess.PIPE if rank == 0 else subprocess.DEVNULL,
                                       stderr=subprocess.PIPE, text=True))

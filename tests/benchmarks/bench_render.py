@@ -35,10 +35,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from c2p.camera import VIEWS_10, look_at_view_transform  # noqa: E402
-from c2p.render import render_depth  # noqa: E402
+from c2p.camera import VIEWS_10, look_at_view_transform
+from c2p.render import render_depth
 
 
 def _sync() -> None:

@@ -40,16 +40,13 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
 
-from c2p.config.core import load_config  # noqa: E402
-from c2p.config.render import RenderJobConfig  # noqa: E402
+from c2p.config.core import load_config
+from c2p.config.render import RenderJobConfig
 
 
 def run_once(root: Path, out: Path, workers: int, args: argparse.Namespace, limit: int = 0, thread: bool = True) -> dict:

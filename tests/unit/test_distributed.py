@@ -2,7 +2,7 @@
 
 The environments are the real variables SLURM, submitit and torchrun set (read back through
 submitit's own JobEnvironment where the job is a submitit job); the two-rank rendezvous over
-these variables is exercised for real in test_launch.py (local processes) and test_slurm.py.
+these variables is exercised for real in tests/integration/test_launch_local.py (local processes) and test_slurm.py.
 """
 
 from __future__ import annotations
