@@ -72,7 +72,7 @@ def object_points(record, n: int) -> np.ndarray:
     The generator is seeded from the uid (crc32, not Python's salted hash) so the same object
     always gives the same points, and the feature cache stays valid across processes.
     """
-    from c2p.geometry import sample_surface
+    from c2p.geometry import mesh_triangles, sample_surface
 
     gen = torch.Generator().manual_seed(zlib.crc32(record.ref.uid.encode()))
     if record.points is not None:
@@ -87,12 +87,8 @@ def object_points(record, n: int) -> np.ndarray:
     mesh = record.mesh
     if mesh is None:
         raise EvalError(f"object {record.ref.uid}: neither points nor a mesh")
-    import trimesh
-
-    if isinstance(mesh, trimesh.Scene):  # → one mesh in world coordinates (GLB scenes: Objaverse)
-        mesh = mesh.to_mesh() if hasattr(mesh, "to_mesh") else mesh.dump(concatenate=True)
-    verts = torch.as_tensor(np.asarray(mesh.vertices, dtype=np.float32))
-    faces = torch.as_tensor(np.asarray(mesh.faces, dtype=np.int64))
+    verts, faces = mesh_triangles(mesh)  # a GLB scene (Objaverse): its meshes placed in world space
+    verts, faces = torch.as_tensor(verts.astype(np.float32)), torch.as_tensor(faces)
     if len(verts) == 0 or len(faces) == 0:
         raise EvalError(f"object {record.ref.uid}: empty mesh ({len(verts)} vertices, {len(faces)} faces)")
     return sample_surface(verts, faces, n, generator=gen).float().numpy()

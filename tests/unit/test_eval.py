@@ -182,6 +182,9 @@ def test_object_points_from_points_meshes_and_scenes():
     assert object_points(rec("p", points=stored), 80).shape == (80, 3)  # fewer stored than asked: repeats
     scene = trimesh.Scene([trimesh.creation.box(), trimesh.creation.icosphere()])
     assert object_points(rec("s", mesh=scene), 64).shape == (64, 3)
+    placed = trimesh.Scene()  # one unit box placed at x = 5 by its node: points lie where the scene puts it
+    placed.add_geometry(trimesh.creation.box(), transform=trimesh.transformations.translation_matrix([5.0, 0.0, 0.0]))
+    assert np.all(np.abs(object_points(rec("t", mesh=placed), 64)[:, 0] - 5.0) <= 0.5 + 1e-5)
     with pytest.raises(EvalError, match="neither points nor a mesh"):
         object_points(rec("n"), 8)
 
