@@ -125,8 +125,6 @@ class RayClusterTask:
     def __call__(self) -> Any:
         import submitit
 
-        from c2p.fileio import atomic_write_bytes
-
         job = submitit.JobEnvironment()
         rank, ntasks = job.global_rank, job.num_tasks
         state = Path(self.state_dir) / str(job.job_id)

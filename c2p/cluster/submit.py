@@ -80,8 +80,6 @@ def submit(
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         if config_text is not None:
-            from c2p.fileio import atomic_write_bytes
-
             atomic_write_bytes(run_dir / "config.yaml", config_text.encode(), mode=0o644)
         job = make_executor(opts, folder).submit(task)
     except BaseException as e:
