@@ -13,7 +13,7 @@ class CorpusConfig:
     name: str = option("synthetic", "corpus reader", choices=["synthetic", "shapenet", "shapenet55", "objaverse", "modelnet", "scanobjectnn", "manifest"])
     root: str = option("", "corpus root directory (or manifest/table file)")
     split: str = option("train", "split to read where the corpus has splits", choices=["train", "test", "all"])
-    limit: int = option(0, "read at most this many objects (0: all)", ge=0)
+    limit: int = option(0, "render at most this many objects, the first of the plan's keyed order: a fair sample (0: all)", ge=0)
     options: dict[str, Any] = option(default_factory=dict, doc="extra keyword arguments of open_corpus (e.g. a label table path)")
 
 
@@ -49,6 +49,9 @@ class JobConfig:
     num_gpus: float = option(0.0, "GPUs per Ray render task / feature actor", ge=0.0)
     max_retries: int = option(3, "Ray retries of a shard task (dead worker or transient error)", ge=0)
     max_in_flight: int = option(0, "shard tasks submitted at once (0: 2x cluster CPUs)", ge=0)
+    object_timeout_s: float = option(300.0, "seconds to load, sample and render one object before it is recorded as an error (0: no limit)", ge=0.0)
+    max_file_mb: float = option(2048.0, "largest source file (MiB) opened; larger ones are recorded as errors (0: no limit)", ge=0.0)
+    max_faces: int = option(20_000_000, "most triangles in one mesh; larger ones are recorded as errors (0: no limit)", ge=0)
     write_thread: bool = option(True, "encode and write each sample in a thread of the task while the next object loads and renders (same bytes)")
     previews: int = option(4, "objects in previews/ contact sheets", ge=0)
     overwrite: bool = option(False, "start over when the output exists with other settings")

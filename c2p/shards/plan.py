@@ -1,10 +1,15 @@
 """The deterministic render plan: which objects go into which shard, under which settings.
 
-A plan is a pure function of the corpus listing and the render settings: objects are
-sorted by uid and cut into shards of ``job.shard_size``, so shard *i* always holds the same
-objects. Together with per-object seeding (:func:`object_seed`) and the schema's fixed tar
-headers, re-rendering a shard gives the same bytes — which is what lets a re-run skip
-finished shards and render only the missing ones.
+A plan is a pure function of the corpus listing and the render settings: objects are put in
+a pseudo-random order keyed by (job seed, corpus, uid) (:func:`shard_order_key`) and cut into
+shards of ``job.shard_size``, so shard *i* always holds the same objects, and every shard is a
+fair sample of the corpus. Uids cluster by class and source (ShapeNet's ``<synset>-<model>``,
+Objaverse's upload batches): cut in uid order, a shard would hold one or two classes, and the
+pre-training stream, which reads a few shards at a time into its shuffle buffer, would fill
+batches with same-class objects, the in-batch negatives NT-Xent learns from. Together with
+per-object seeding (:func:`object_seed`) and the schema's fixed tar headers, re-rendering a
+shard gives the same bytes — which is what lets a re-run skip finished shards and render only
+the missing ones.
 
 The plan's identity is recorded in ``plan.json`` in the output directory when a job starts;
 a later run with other settings (or another listing) is refused instead of mixing two
@@ -31,11 +36,14 @@ from c2p.sharddir import ShardDir, shard_name
 # for the same settings (points, views, meta): an output written by an older renderer is then
 # refused instead of silently mixed.
 RENDERER_VERSION = "c2p-shards-1"
+# How objects are ordered into shards; part of the settings, so an output cut another way is
+# refused with the reason instead of being mixed with this plan's shards.
+SHARD_ORDER = "keyed-hash-1"
 
 
 @dataclass(frozen=True)
 class ShardSpec:
-    """Shard ``index``: the objects it holds, in write order (sorted by uid)."""
+    """Shard ``index``: the objects it holds, in write order (the plan's keyed order)."""
 
     index: int
     refs: tuple[ObjectRef, ...]
@@ -100,6 +108,7 @@ def render_settings(cfg: RenderJobConfig) -> dict[str, Any]:
         "views": dataclasses.asdict(cfg.views),
         "imgfeat": {"model": cfg.imgfeat.model, "pretrained": cfg.imgfeat.pretrained, "tag": feature_tag(cfg)},
         "shard_size": cfg.job.shard_size,
+        "order": SHARD_ORDER,
         "points": cfg.job.points,
         "seed": cfg.job.seed,
     }
@@ -122,15 +131,20 @@ def object_seed(seed: int, corpus: str, uid: str) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-def assign_shards(refs: list[ObjectRef], shard_size: int) -> tuple[list[ShardSpec], list[dict[str, Any]]]:
-    """Sort ``refs`` by uid and cut them into shards of ``shard_size`` (the last may be short).
+def shard_order_key(seed: int, corpus: str, uid: str) -> bytes:
+    """Where an object goes in the plan's order: a keyed hash of (job seed, corpus, uid).
 
-    Objects whose sample key repeats an earlier one (same uid, or uids that differ only in
-    characters the key replaces) would be written twice under one key: the later ones are
-    returned as error records instead. Returns ``(shards, duplicate_errors)``.
+    A function of the object alone, not of the rest of the listing, so an object keeps its
+    place relative to every other object whatever else the corpus holds; the ``order/`` domain
+    keeps it independent of :func:`object_seed`.
     """
-    if shard_size < 1:
-        raise ValueError(f"shard_size: {shard_size}; expected >= 1")
+    return hashlib.sha256(f"order/{seed}/{corpus}/{uid}".encode()).digest()
+
+
+def unique_refs(refs: list[ObjectRef]) -> tuple[list[ObjectRef], list[dict[str, Any]]]:
+    """``refs`` without objects whose sample key repeats an earlier one by (uid, source) (same
+    uid, or uids that differ only in characters the key replaces: they would be written twice
+    under one key); returns ``(unique refs sorted by uid, duplicate error records)``."""
     seen: set[str] = set()
     unique: list[ObjectRef] = []
     duplicates: list[dict[str, Any]] = []
@@ -141,16 +155,26 @@ def assign_shards(refs: list[ObjectRef], shard_size: int) -> tuple[list[ShardSpe
             continue
         seen.add(key)
         unique.append(ref)
-    shards = [ShardSpec(i // shard_size, tuple(unique[i : i + shard_size])) for i in range(0, len(unique), shard_size)]
-    return shards, duplicates
+    return unique, duplicates
+
+
+def assign_shards(refs: list[ObjectRef], shard_size: int, seed: int = 0) -> list[ShardSpec]:
+    """Order ``refs`` by :func:`shard_order_key` and cut them into shards of ``shard_size``
+    (the last may be short). ``refs`` must hold each sample key once (:func:`unique_refs`)."""
+    if shard_size < 1:
+        raise ValueError(f"shard_size: {shard_size}; expected >= 1")
+    ordered = sorted(refs, key=lambda r: (shard_order_key(seed, r.corpus, r.uid), r.uid))
+    return [ShardSpec(i // shard_size, tuple(ordered[i : i + shard_size])) for i in range(0, len(ordered), shard_size)]
 
 
 def make_plan(cfg: RenderJobConfig, refs: list[ObjectRef], listing_errors: list[ErrorRecord], labels: list[str]) -> RenderPlan:
-    """The plan of a job from the corpus listing. ``corpus.limit`` keeps the first objects by uid."""
-    refs = sorted(refs, key=lambda r: (r.uid, r.source))
+    """The plan of a job from the corpus listing. ``corpus.limit`` keeps the first objects of
+    the plan's order: a fair sample of the corpus, not its first classes."""
+    refs, duplicates = unique_refs(refs)
+    shards = assign_shards(refs, cfg.job.shard_size, cfg.job.seed)
     if cfg.corpus.limit:
-        refs = refs[: cfg.corpus.limit]
-    shards, duplicates = assign_shards(refs, cfg.job.shard_size)
+        kept = [r for s in shards for r in s.refs][: cfg.corpus.limit]
+        shards = assign_shards(kept, cfg.job.shard_size, cfg.job.seed)
     errors = [error_record(e.corpus, e.uid, e.source, "list", "CorpusError", e.reason) for e in listing_errors] + duplicates
     settings = render_settings(cfg)
     # Everything a sample's bytes depend on besides the settings: the refs (label, label

@@ -127,21 +127,26 @@ class _StepClock:
         return out
 
 
-_LOSS_KEYS = ("loss", "loss_cross", "loss_intra", "w", "retrieval_top1")
+_MEAN_KEYS = ("loss", "loss_cross", "loss_intra", "w", "retrieval_top1", "batch_classes")
 _COUNT_KEYS = ("skipped_samples", "corrupt_shards")
 
 
-def _step_metrics(out: dict, stream, device: torch.device, world: int) -> dict:
-    """Loss terms and retrieval averaged over ranks, data counters summed. A collective."""
+def _step_metrics(out: dict, batch: dict, stream, device: torch.device, world: int) -> dict:
+    """Loss terms, retrieval and ``batch_classes`` averaged over ranks, data counters summed. A collective.
+
+    ``batch_classes``: distinct labels in a rank's micro-batch, the classes its in-batch
+    negatives come from (with the original's per-GPU negatives): shards cut from a class-sorted
+    listing show up here as a few classes per batch.
+    """
     import torch.distributed as dist
 
     stats = stream.stats()
-    t = torch.tensor([float(out[k].detach()) for k in _LOSS_KEYS] + [float(stats.get(k, 0)) for k in _COUNT_KEYS],
-                     dtype=torch.float64, device=device)
+    means = [float(out[k].detach()) for k in _MEAN_KEYS[:-1]] + [float(torch.unique(batch["label"]).numel())]
+    t = torch.tensor(means + [float(stats.get(k, 0)) for k in _COUNT_KEYS], dtype=torch.float64, device=device)
     if dist.is_initialized() and world > 1:
         dist.all_reduce(t)
     vals = t.tolist()
-    return {**{k: v / world for k, v in zip(_LOSS_KEYS, vals)}, **{k: int(v) for k, v in zip(_COUNT_KEYS, vals[len(_LOSS_KEYS):])}}
+    return {**{k: v / world for k, v in zip(_MEAN_KEYS, vals)}, **{k: int(v) for k, v in zip(_COUNT_KEYS, vals[len(_MEAN_KEYS):])}}
 
 
 def _lr_schedule(cfg: PretrainConfig) -> Callable[[int], float]:
@@ -228,7 +233,7 @@ class Trainer:
             state.samples += cfg.train.batch_size
             last = state.step == cfg.train.steps
             if state.step % cfg.train.log_every == 0 or last:  # a collective: same steps on every rank
-                self.metrics.log(state.step, _step_metrics(out, self.stream, self.device, self.world_size)
+                self.metrics.log(state.step, _step_metrics(out, batch, self.stream, self.device, self.world_size)
                                  | clock.lap(state.step, cfg.train.batch_size) | {"lr": lr, "samples": state.samples})
             self.checkpoints.save(self.engine, state.step, state.state_dict(), last=last,
                                   rank_state=lambda: {"data": self.stream.state_dict()})

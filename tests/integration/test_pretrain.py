@@ -161,9 +161,11 @@ def test_loss_goes_down_and_retrieval_rises_above_chance(tmp_path, blob_shards):
     assert mean(first, "retrieval_top1") < 0.3
     assert mean(last, "retrieval_top1") >= 0.5, [r["retrieval_top1"] for r in last]  # chance: 0.125
     for key in ("loss", "loss_cross", "loss_intra", "w", "lr", "samples_per_s", "data_wait_frac", "retrieval_top1",
-                "skipped_samples", "corrupt_shards"):
+                "batch_classes", "skipped_samples", "corrupt_shards"):
         assert key in m[-1], key
     assert 0.0 <= m[-1]["data_wait_frac"] <= 1.0 and m[-1]["skipped_samples"] == 0
+    # distinct labels in the 8-object batches of a 4-class corpus whose shards mix the classes
+    assert all(1.0 <= r["batch_classes"] <= 4.0 for r in m) and mean(m, "batch_classes") > 2.5
     assert list((run / "tb").glob("events.out.tfevents.*"))
     assert (run / "config.yaml").is_file() and (run / "logs" / "train_rank0.log").is_file()
 

@@ -45,7 +45,8 @@ REPO = Path(__file__).resolve().parents[2]
 # Small renders keep the module within its time budget on 2 shared cores.
 SMALL = ["views.set=6", "views.image_size=32", "job.points=512", "views.depth_png=true", "job.previews=4",
          "job.progress=false", "job.shard_size=2"]
-# Shards (of 2, by uid): [airplane, chair] [chair/zzgarbage, chair/zznanverts] [lamp, mug] [table, box] [cone, sphere]
+# Shards (of 2, in the plan's keyed order): [lamp, airplane] [table, sphere] [chair/zznanverts, chair]
+# [mug, cone] [box, chair/zzgarbage]: the shard whose task is killed also holds a broken object.
 FAULT_SHARD = 2
 
 
@@ -147,7 +148,7 @@ def test_writer_thread_error_fails_the_shard_and_leaves_nothing(corpus, tmp_path
     c = open_corpus("synthetic", corpus)
     refs, errors = c.list()
     plan = make_plan(cfg, refs, errors, c.labels)
-    spec = plan.shards[-1]
+    spec = next(s for s in plan.shards if not any("-zz" in r.uid for r in s.refs))  # two good objects: the second write fails
     real_write = ShardWriter.write
 
     def failing_write(self, sample):
@@ -318,8 +319,8 @@ def test_imgfeat_actors_store_image_tower_features(corpus, ray_cluster, tmp_path
     from c2p.shards.job import run_render_job
 
     out = tmp_path / "shards"
-    # The first 3 objects by uid: airplane, chair (no texture), chair/zzgarbage (broken).
-    summary = run_render_job(_cfg(corpus, out, "corpus.limit=3", "job.previews=0", "imgfeat.model=c2p-tiny"))
+    # The first 2 objects of the plan's order: lamp, airplane.
+    summary = run_render_job(_cfg(corpus, out, "corpus.limit=2", "job.previews=0", "imgfeat.model=c2p-tiny"))
     assert summary["samples"] == 2
     # The reference encoder runs in its own process too: this one holds an EGL context (Mesa's
     # LLVM), which open_clip's import of triton (a second LLVM) would crash.

@@ -19,6 +19,7 @@ from c2p.schema import (
 )
 from c2p.shards.plan import (
     assign_shards,
+    unique_refs,
     make_plan,
     object_seed,
     render_settings,
@@ -52,8 +53,32 @@ def test_plan_is_deterministic_and_covers_every_object_once(tmp_path):
     assert [len(s.refs) for s in a.shards] == [4, 4, 2]
     assert [s.name for s in a.shards] == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
     assert sorted(r.uid for s in a.shards for r in s.refs) == [r.uid for r in refs]
+    assert [r.uid for s in a.shards for r in s.refs] != [r.uid for r in refs]  # not cut in uid order
     # A new object moves others to other shards: another plan.
     assert make_plan(cfg, refs + _refs(11)[10:], [], ["a"]).fingerprint != a.fingerprint
+
+
+def test_every_shard_is_a_fair_sample_of_a_class_sorted_corpus(tmp_path):
+    """A real 12-class listing (uids cluster by class, as ShapeNet's do) in shards of 16: every
+    shard holds at least half of the classes (cut in uid order, each held one or two)."""
+    from c2p.corpora import open_corpus
+    from c2p.corpora.synthetic import SYNTHETIC_CLASSES, write_synthetic
+
+    root = write_synthetic(tmp_path / "w", layout="shapenet", per_class=16, seed=0, classes=SYNTHETIC_CLASSES[:12])
+    corpus = open_corpus("synthetic", str(root), split="train")
+    refs, errors = corpus.list()
+    labels = sorted({r.label for r in refs})
+    assert len(labels) == 12 and not errors
+    cfg = load_config(RenderJobConfig, None, [f"corpus.root={root}", f"out={tmp_path}/o", "job.shard_size=16"])
+    plan = make_plan(cfg, refs, errors, labels)
+    per_shard = [len({r.label for r in s.refs}) for s in plan.shards]
+    assert min(per_shard) >= 6, per_shard
+    by_uid = sorted(refs, key=lambda r: r.uid)  # what cutting in uid order gave, for contrast
+    assert max(len({r.label for r in by_uid[i:i + 16]}) for i in range(0, len(by_uid), 16)) <= 2
+    # a limit keeps a fair sample too, not the first classes by uid
+    small = make_plan(load_config(RenderJobConfig, None, [f"corpus.root={root}", f"out={tmp_path}/o", "job.shard_size=16", "corpus.limit=32"]),
+                      refs, errors, labels)
+    assert small.total_objects == 32 and len({r.label for s in small.shards for r in s.refs}) >= 10
 
 
 def test_plan_fingerprint_follows_render_settings_only(tmp_path):
@@ -70,8 +95,10 @@ def test_plan_fingerprint_follows_render_settings_only(tmp_path):
 def test_duplicate_keys_and_object_seeds():
     refs = _refs(3) + [ObjectRef("c", "u001", "a", 0, "/src/dup"), ObjectRef("c", "u.001", "a", 0, "/src/dot"),
                        ObjectRef("c", "u_001", "a", 0, "/src/us")]  # "u.001" and "u_001" are both key "c-u_001"
-    shards, dups = assign_shards(refs, 10)
-    assert [r.source for r in shards[0].refs] == ["/src/dot", "/src/0", "/src/1", "/src/2"]
+    unique, dups = unique_refs(refs)
+    assert [r.source for r in unique] == ["/src/dot", "/src/0", "/src/1", "/src/2"]
+    (shard,) = assign_shards(unique, 10)
+    assert sorted(r.source for r in shard.refs) == sorted(r.source for r in unique)
     assert {d["source"] for d in dups} == {"/src/dup", "/src/us"} and all(d["stage"] == "plan" for d in dups)
     assert object_seed(0, "c", "u1") == object_seed(0, "c", "u1") != object_seed(1, "c", "u1")
     assert 0 <= object_seed(0, "c", "u1") < 2**31
