@@ -4,6 +4,7 @@
 |-------------|----------------------------------------------------------------------------|
 | ``plan``    | deterministic plan (objects → shards), render settings, ``plan.json``       |
 | ``objects`` | one object: load, sample points, render RGB views and depth, encode        |
+| ``limits``  | per-object time and size limits: a pathological mesh becomes an error record |
 | ``sink``    | the writer thread: encode and write while the next object renders          |
 | ``task``    | one shard: its objects into a tar and a ``parts/`` record (plain function) |
 | ``faults``  | injected worker deaths (``C2P_FAULT_INJECT``): retries must come out whole |

@@ -15,7 +15,8 @@ For each object, :func:`render_object` does, with every random draw seeded by
 
 :func:`encode_object` then turns it into a WebDataset sample (the schema's encoders). An
 object that cannot become a sample (unreadable file, degenerate mesh, non-finite points,
-render error) raises :class:`ObjectFailure`, which the shard records and goes on.
+render error, over a size or time limit: :mod:`c2p.shards.limits`) raises
+:class:`ObjectFailure`, which the shard records and goes on.
 
 Coordinate frame: shards are always world y-up. Corpora stored z-up (ModelNet) are rotated
 with ``c2p.camera.rotate_zup_to_yup`` before anything is sampled or rendered.
@@ -33,6 +34,7 @@ import numpy as np
 
 from c2p.config.render import RenderJobConfig
 from c2p.schema import SampleMeta, encode_sample, make_key
+from c2p.shards.limits import ObjectLimit, check_faces, check_file_size, object_deadline
 from c2p.shards.plan import RENDERER_VERSION, object_seed
 
 
@@ -181,17 +183,29 @@ class RenderedObject:
 
 def render_object(ref: Any, cfg: RenderJobConfig, view_angles: np.ndarray, device_index: int | None,
                   timings: dict[str, float]) -> RenderedObject:
-    """Load, sample and render one object; raises :class:`ObjectFailure` for a bad object.
+    """Load, sample and render one object; raises :class:`ObjectFailure` for a bad object,
+    also for one over the limits of :mod:`c2p.shards.limits` (stage ``limit``).
 
     view_angles: ``[V,2]`` (elev, azim) degrees. ``timings`` accumulates seconds per stage.
     """
+    try:
+        with object_deadline(cfg.job.object_timeout_s, ref.uid):
+            return _render_object(ref, cfg, view_angles, device_index, timings)
+    except ObjectLimit as e:
+        raise ObjectFailure("limit", e.error, e.reason) from None
+
+
+def _render_object(ref: Any, cfg: RenderJobConfig, view_angles: np.ndarray, device_index: int | None,
+                   timings: dict[str, float]) -> RenderedObject:
     corpus = _corpus(cfg)
     seed = object_seed(cfg.job.seed, ref.corpus, ref.uid)
     t0 = time.perf_counter()
+    check_file_size(ref.source, cfg.job.max_file_mb)
     try:
         record = corpus.load(ref)
     except Exception as e:  # CorpusError from the reader, or anything a parser raised past it
         raise ObjectFailure("load", type(e).__name__, getattr(e, "reason", str(e))) from e
+    check_faces(record.mesh, cfg.job.max_faces)
     t1 = time.perf_counter()
     points, transform = sample_object_points(record, cfg.job.points, seed, getattr(corpus, "up_axis", "y") == "z")
     t2 = time.perf_counter()
