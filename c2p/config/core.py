@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -149,6 +150,8 @@ def _coerce(key: str, value: Any, tp: Any, source: str | None) -> Any:
         raise ConfigError(key, value, "an integer", source)
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # .inf / .nan parse as floats, and pass every bound check but ==
+                raise ConfigError(key, value, "a finite number", source)
             return float(value)
         raise ConfigError(key, value, "a number", source)
     if tp is str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,12 @@ def test_shipped_configs_load():
             load_config(cls, path, overrides)
             found += 1
     assert found >= 1
+
+
+@pytest.mark.parametrize("override", ["optim.lr=.inf", "optim.lr=-.inf", "depth.radius=.nan", "loss.temperature=.nan"])
+def test_non_finite_numbers_are_refused_naming_the_key(override):
+    from c2p.config.pretrain import PretrainConfig
+
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"config key '{re.escape(key)}'.*expected a finite number"):
+        load_config(PretrainConfig, None, [override])
