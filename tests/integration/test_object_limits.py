@@ -43,7 +43,7 @@ def corpus(tmp_path_factory) -> tuple[Path, str, str]:
 
 
 def _render(root: Path, out: Path, *extra: str):
-    cfg = load_config(RenderJobConfig, None, [f"corpus.name=synthetic", f"corpus.root={root}", f"out={out}", *SMALL, *extra])
+    cfg = load_config(RenderJobConfig, None, ["corpus.name=synthetic", f"corpus.root={root}", f"out={out}", *SMALL, *extra])
     c = open_corpus("synthetic", str(root))
     refs, errors = c.list()
     plan = make_plan(cfg, refs, errors, c.labels)
