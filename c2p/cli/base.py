@@ -40,10 +40,10 @@ class UsageError(ValueError):
     """A command's arguments or inputs are unusable (exit 2); the message names the argument."""
 
 
-def command_parser(doc: str | None, config_cls: type | None = None, *, overrides: bool = True) -> argparse.ArgumentParser:
-    """A parser whose description is the first line of ``doc`` (the usage examples follow in
-    ``--help``) and, with ``config_cls``, ``--config FILE`` plus positional ``key=value``
-    overrides, every key listed in the epilog."""
+def command_parser(doc: str | None, config_cls: type | None = None) -> argparse.ArgumentParser:
+    """A parser whose description is the first line of ``doc`` (the command module's docstring)
+    and, with ``config_cls``, ``--config FILE`` plus positional ``key=value`` overrides, every
+    key listed in the epilog."""
     lines = (doc or "").strip().splitlines()
     p = argparse.ArgumentParser(
         description=lines[0] if lines else None,
@@ -51,8 +51,7 @@ def command_parser(doc: str | None, config_cls: type | None = None, *, overrides
     )
     if config_cls is not None:
         p.add_argument("--config", help="YAML config; keys not in it keep their defaults")
-        if overrides:
-            p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.steps=20")
+        p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.steps=20")
     return p
 
 

@@ -14,6 +14,7 @@ config, corpus or an output holding another render.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -68,8 +69,7 @@ def build_config(args: argparse.Namespace) -> RenderJobConfig:
         if e.key != "out" or e.value:
             raise
     cfg = load_config(RenderJobConfig, args.config, [*overrides, "out=shards/_"])  # everything else validated
-    default = Path("shards") / "-".join(p for p in (cfg.corpus.name, cfg.corpus.split) if p)
-    return load_config(RenderJobConfig, args.config, [*overrides, f"out={default}"])
+    return dataclasses.replace(cfg, out=str(Path("shards") / "-".join(p for p in (cfg.corpus.name, cfg.corpus.split) if p)))
 
 
 def body(args: argparse.Namespace) -> int:

@@ -101,8 +101,12 @@ def _train(a: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+def _body(args: argparse.Namespace) -> None:
+    _train(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_command(build_parser(), lambda args: _train(args) and 0, argv)
+    return run_command(build_parser(), _body, argv)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from c2p.cluster.errors import JobFailedError
 from c2p.config.core import ConfigError
 from c2p.demo.report import plot_report, render_report
 from c2p.demo.settings import DemoPlan
+from c2p.sharddir import ShardDir
 
 __all__ = ["Stage", "StageFailed", "DemoRun", "STAGES", "STAGE_NAMES", "select_stages", "run_demo"]
 
@@ -219,7 +220,7 @@ def run_demo(plan: DemoPlan, stages: Sequence[Stage] = STAGES) -> list[Path]:
     if "report" not in [s.name for s in stages]:
         return []
     produced = [paths.dir / "report.md", paths.dir / "report.png", paths.dir / "results.json", paths.shards("train"),
-                paths.shards("train") / "previews", paths.clip_weights, paths.tower("c2p"), paths.dir / "c2p" / "metrics.jsonl", paths.eval, paths.logs]
+                ShardDir(paths.shards("train")).previews, paths.clip_weights, paths.tower("c2p"), paths.dir / "c2p" / "metrics.jsonl", paths.eval, paths.logs]
     print()
     print((paths.dir / "report.md").read_text())
     print(f"total {_mmss(time.time() - d.t0)}. Produced:")
