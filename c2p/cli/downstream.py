@@ -9,6 +9,7 @@ from pathlib import Path
 
 from c2p.config import ConfigError
 from c2p.config.downstream import DownstreamConfig
+from c2p.train.export import DEPTH_TOWER_FILE, DEPTH_TOWER_INFO, EXPORT_DIR
 
 __all__ = ["add_downstream_args", "downstream_overrides", "run_flags", "check_inputs"]
 
@@ -37,11 +38,11 @@ def run_flags(run: str | None) -> list[str]:
     if not run:
         return []
     run_dir = Path(run)
-    tower = run_dir / "export" / "depth_tower.safetensors"
+    tower = run_dir / EXPORT_DIR / DEPTH_TOWER_FILE
     if not tower.is_file():
         raise ConfigError("--run", run, f"a pre-training run directory with {tower.relative_to(run_dir)} (run c2p-export first)")
     out = [f"encoder.depth_tower={tower}", f"run.dir={run_dir.parent}", f"run.name={run_dir.name}"]
-    info = run_dir / "export" / "depth_tower.json"
+    info = run_dir / EXPORT_DIR / DEPTH_TOWER_INFO
     if info.is_file():
         model = json.loads(info.read_text()).get("model")
         if model:

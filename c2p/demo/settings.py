@@ -26,6 +26,7 @@ from c2p.config.downstream import DownstreamConfig
 from c2p.config.pretrain import PretrainConfig
 from c2p.config.render import RenderJobConfig
 from c2p.fileio import atomic_write_bytes
+from c2p.train.export import DEPTH_TOWER_FILE, EXPORT_DIR
 
 __all__ = [
     "BASELINE", "FULL", "ABLATION", "CLIP_PATH", "DEPTH_PATH", "GDPA", "FEWSHOT_PATHS", "RENDER_SPLITS",
@@ -63,7 +64,7 @@ class DemoPaths:
 
     def tower(self, run: str) -> Path:
         """The exported depth tower of pre-training run ``run``."""
-        return self.dir / run / "export" / "depth_tower.safetensors"
+        return self.dir / run / EXPORT_DIR / DEPTH_TOWER_FILE
 
     @property
     def eval(self) -> Path:

@@ -29,9 +29,10 @@ from c2p.train.checkpoint import COMMIT_NAME, committed_tags, consolidated_state
 
 log = logging.getLogger("c2p.train")
 
-__all__ = ["DEPTH_TOWER_FILE", "DEPTH_TOWER_INFO", "PROBE_FILE", "export_depth_tower", "export_after_training",
+__all__ = ["EXPORT_DIR", "DEPTH_TOWER_FILE", "DEPTH_TOWER_INFO", "PROBE_FILE", "export_depth_tower", "export_after_training",
            "export_run", "export_job"]
 
+EXPORT_DIR = "export"  # inside a run directory
 DEPTH_TOWER_FILE = "depth_tower.safetensors"
 DEPTH_TOWER_INFO = "depth_tower.json"
 PROBE_FILE = "probe.safetensors"
@@ -119,7 +120,7 @@ def export_run(run_dir: str | Path, tag: str | None = None, out_dir: str | Path 
     if tag is not None and tag not in tags:
         raise ValueError(f"tag={tag!r} is not a committed tag of {run_dir}; expected one of {sorted(tags)}")
     chosen = tags[tag] if tag else tags[max(tags)]
-    return export_depth_tower(chosen.path, out_dir or run_dir / "export")
+    return export_depth_tower(chosen.path, out_dir or run_dir / EXPORT_DIR)
 
 
 def export_job(spec: dict[str, Any]) -> str:

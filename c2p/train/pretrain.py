@@ -243,12 +243,12 @@ class Trainer:
         """Export the final tag (when ``checkpoint.export``), close the metrics, wait for every rank."""
         import torch.distributed as dist
 
-        from c2p.train.export import export_after_training
+        from c2p.train.export import EXPORT_DIR, export_after_training
 
         final = self.checkpoints.root / tag_name(self.state.step)
         export = None
         if self.cfg.checkpoint.export:  # a collective (the probe forward)
-            export = export_after_training(self.engine, self.cfg, final, self.run_dir / "export", self.rank,
+            export = export_after_training(self.engine, self.cfg, final, self.run_dir / EXPORT_DIR, self.rank,
                                            self.device, self.dtype)
         self.metrics.close()
         if dist.is_initialized() and self.world_size > 1:
