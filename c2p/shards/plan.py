@@ -158,12 +158,15 @@ def unique_refs(refs: list[ObjectRef]) -> tuple[list[ObjectRef], list[dict[str, 
     return unique, duplicates
 
 
-def assign_shards(refs: list[ObjectRef], shard_size: int, seed: int = 0) -> list[ShardSpec]:
-    """Order ``refs`` by :func:`shard_order_key` and cut them into shards of ``shard_size``
-    (the last may be short). ``refs`` must hold each sample key once (:func:`unique_refs`)."""
+def assign_shards(refs: list[ObjectRef], shard_size: int, seed: int = 0, limit: int = 0) -> list[ShardSpec]:
+    """Order ``refs`` by :func:`shard_order_key`, keep the first ``limit`` (0: all) and cut them
+    into shards of ``shard_size`` (the last may be short). ``refs`` must hold each sample key
+    once (:func:`unique_refs`)."""
     if shard_size < 1:
         raise ValueError(f"shard_size: {shard_size}; expected >= 1")
     ordered = sorted(refs, key=lambda r: (shard_order_key(seed, r.corpus, r.uid), r.uid))
+    if limit:
+        ordered = ordered[:limit]
     return [ShardSpec(i // shard_size, tuple(ordered[i : i + shard_size])) for i in range(0, len(ordered), shard_size)]
 
 
@@ -171,10 +174,7 @@ def make_plan(cfg: RenderJobConfig, refs: list[ObjectRef], listing_errors: list[
     """The plan of a job from the corpus listing. ``corpus.limit`` keeps the first objects of
     the plan's order: a fair sample of the corpus, not its first classes."""
     refs, duplicates = unique_refs(refs)
-    shards = assign_shards(refs, cfg.job.shard_size, cfg.job.seed)
-    if cfg.corpus.limit:
-        kept = [r for s in shards for r in s.refs][: cfg.corpus.limit]
-        shards = assign_shards(kept, cfg.job.shard_size, cfg.job.seed)
+    shards = assign_shards(refs, cfg.job.shard_size, cfg.job.seed, cfg.corpus.limit)
     errors = [error_record(e.corpus, e.uid, e.source, "list", "CorpusError", e.reason) for e in listing_errors] + duplicates
     settings = render_settings(cfg)
     # Everything a sample's bytes depend on besides the settings: the refs (label, label
