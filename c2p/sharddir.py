@@ -5,7 +5,8 @@
       index.json              ShardIndex: complete shards, sample counts, labels, settings
       errors.jsonl            objects left out, and why
       warnings.jsonl          objects written with a renderer fallback (e.g. a missing texture)
-      plan.json               identity of the plan that owns the directory
+      plan.json               identity of the plan that owns the directory: settings, labels, generations
+      generations/gen-NNNN.uids  the uids each run added to the plan, one a line, in plan order
       render.yaml             the resolved config of the last run
       parts/<shard>.json      one record per complete shard (counts, errors, warnings)
       .staging/<attempt>/     a shard attempt's tar until it is complete
@@ -33,6 +34,8 @@ WARNINGS_NAME = "warnings.jsonl"
 PLAN_NAME = "plan.json"
 CONFIG_NAME = "render.yaml"
 PARTS_DIR = "parts"
+GENERATIONS_DIR = "generations"
+GENERATION_PATTERN = "gen-{:04d}.uids"
 # Each attempt writes its tar in a folder of its own and renames it into place when complete:
 # an attempt still running after its driver died (Ray may take a while to reap it) can then
 # never rename a newer attempt's half-written file, which a shared ``<shard>.tar.tmp`` allows.
@@ -85,6 +88,15 @@ class ShardDir:
         return self.root / CONFIG_NAME
 
     @property
+    def generations(self) -> Path:
+        """``generations/``: the plan generations' uid lists."""
+        return self.root / GENERATIONS_DIR
+
+    def generation_uids(self, number: int) -> Path:
+        """``generations/gen-NNNN.uids``: generation ``number``'s uids in plan order."""
+        return self.generations / GENERATION_PATTERN.format(number)
+
+    @property
     def parts(self) -> Path:
         """``parts/``: one record per complete shard."""
         return self.root / PARTS_DIR
@@ -125,11 +137,13 @@ class ShardDir:
 
     def tmp_files(self) -> list[Path]:
         """Files left half-written by a crash: ``*.tmp`` at the top and under ``parts/``."""
-        return sorted(self.root.glob("*" + TMP_SUFFIX)) + sorted(self.parts.glob("*" + TMP_SUFFIX))
+        return (sorted(self.root.glob("*" + TMP_SUFFIX)) + sorted(self.parts.glob("*" + TMP_SUFFIX))
+                + sorted(self.generations.glob("*" + TMP_SUFFIX)))
 
     def job_files(self) -> list[Path]:
         """Everything a render job writes here that exists now (``job.overwrite`` deletes these and nothing else)."""
-        named = [self.plan, self.index, self.errors, self.warnings, self.config, self.parts, self.previews, self.staging]
+        named = [self.plan, self.generations, self.index, self.errors, self.warnings, self.config, self.parts, self.previews,
+                 self.staging]
         found = [p for p in named if p.exists()]
         found += self.shard_tars() + sorted(self.root.glob("*" + TMP_SUFFIX))
         found += sorted(self.root.glob(FAULT_MARKER_PATTERN.format("*")))

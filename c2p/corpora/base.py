@@ -23,9 +23,9 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "test", "all")
 
 
-@dataclass
+@dataclass(slots=True)
 class ObjectRef:
-    """Cheap listing entry of one object.
+    """Cheap listing entry of one object (slots: a 10^7-object listing is held in memory).
 
     uid: unique within the corpus (the sample key is ``<corpus>-<uid>``).
     label: class name; label_index: its index in ``Corpus.labels``.

@@ -2,7 +2,8 @@
 
 | module      | concept                                                                    |
 |-------------|----------------------------------------------------------------------------|
-| ``plan``    | deterministic plan (objects → shards), render settings, ``plan.json``       |
+| ``plan``    | deterministic plan (objects → shards in generations), render settings       |
+| ``record``  | ``plan.json`` and the generations' uid lists: what owns an output directory |
 | ``objects`` | one object: load, sample points, render RGB views and depth, encode        |
 | ``limits``  | per-object time and size limits: a pathological mesh becomes an error record |
 | ``sink``    | the writer thread: encode and write while the next object renders          |
@@ -20,7 +21,8 @@ the readers of shards share. Entry point for people: ``c2p-render --corpus NAME 
 """
 
 from c2p.shards.job import format_summary, run_render_job
-from c2p.shards.plan import PlanMismatch, RenderPlan, ShardSpec, make_plan, object_seed, render_settings
+from c2p.shards.plan import RenderPlan, ShardSpec, make_plan, object_seed, render_settings
+from c2p.shards.record import PlanMismatch
 
 __all__ = [
     "PlanMismatch",

@@ -4,11 +4,14 @@
 
 Steps, each safe to interrupt:
 
-1. list the corpus and make the deterministic plan (:mod:`c2p.shards.plan`);
-2. claim the output (:func:`c2p.shards.output.prepare_output`): a directory holding another
+1. claim the output (:func:`c2p.shards.output.claim_output`): a directory holding another
    plan's shards is refused (PlanMismatch) unless ``job.overwrite=true``, which deletes the
-   job's files and starts over; then ``plan.json`` and the resolved ``render.yaml`` are
-   written and stale ``*.tmp`` removed;
+   job's files and starts over;
+2. list the corpus and make the deterministic plan (:mod:`c2p.shards.plan`): the recorded
+   generations keep their shards, objects new to the listing form a new generation of new
+   shards, objects gone from it are reported (``vanished``) and stay where they are; then
+   ``plan.json``, the new generation's uid list and the resolved ``render.yaml`` are written
+   and stale ``*.tmp`` removed;
 3. shards whose tar and ``parts/`` record exist are skipped; the others go out as Ray tasks
    (:mod:`c2p.shards.raytasks`: ``job.max_retries`` retries after a dead worker or a raised
    error; objects that fail are error records, not task failures), at most
@@ -37,8 +40,9 @@ from c2p.config.render import RenderJobConfig
 from c2p.fileio import atomic_write_bytes
 from c2p.sharddir import ERRORS_NAME, WARNINGS_NAME, ShardDir
 from c2p.shards.faults import FAULT_ENV
-from c2p.shards.output import collect_records, completed_shards, finalize_output, prepare_output, remove_staging
-from c2p.shards.plan import make_plan
+from c2p.shards.output import claim_output, collect_records, completed_shards, finalize_output, prepare_output, remove_staging
+from c2p.shards.plan import make_plan, render_settings
+from c2p.shards.record import generation_table
 from c2p.shards.raytasks import init_ray, run_tasks, shutdown_ray
 from c2p.shards.task import STAGES, ShardResult
 
@@ -52,8 +56,10 @@ def run_render_job(cfg: RenderJobConfig, address: str | None = None) -> dict[str
     summary: ``objects`` planned, ``samples`` written, ``errors`` and ``errors_by_reason``,
     ``shards`` / ``shards_rendered`` / ``shards_skipped`` / ``shards_failed``, ``bytes``,
     ``wall_s``, ``objects_per_s`` (objects of the rendered shards per second of rendering),
-    ``timings`` (seconds per stage summed over tasks), ``out``. Raises PlanMismatch (see
-    :func:`~c2p.shards.output.prepare_output`) or CorpusError (unusable corpus root) before
+    ``timings`` (seconds per stage summed over tasks), ``generations`` (per run that added
+    objects: when, how many, which shards), ``new_objects`` (added by this run), ``vanished``
+    (planned objects the corpus no longer lists) with up to 20 ``vanished_uids``, ``out``. Raises PlanMismatch (see
+    :func:`~c2p.shards.output.claim_output`) or CorpusError (unusable corpus root) before
     writing anything.
     """
     from c2p.corpora import open_corpus
@@ -62,9 +68,14 @@ def run_render_job(cfg: RenderJobConfig, address: str | None = None) -> dict[str
     out = Path(cfg.out).expanduser()
     shard_dir = ShardDir(out)
     corpus = open_corpus(cfg.corpus.name, cfg.corpus.root, cfg.corpus.split, **cfg.corpus.options)
+    previous = claim_output(out, render_settings(cfg), cfg.job.overwrite)
     refs, listing_errors = corpus.list()
-    plan = make_plan(cfg, refs, listing_errors, corpus.labels)
-    prepare_output(out, plan, cfg.job.overwrite)
+    plan = make_plan(cfg, refs, listing_errors, corpus.labels, previous)
+    del refs  # the plan holds what it needs; a 10^7-object listing is worth freeing
+    if plan.vanished:
+        log.warning("%d planned objects are no longer listed by the corpus; they stay in their shards (e.g. %s)",
+                    len(plan.vanished), ", ".join(plan.vanished[:3]))
+    prepare_output(out, plan)
     atomic_write_bytes(shard_dir.config, to_yaml(cfg).encode())
 
     parts = completed_shards(out, plan)
@@ -115,6 +126,10 @@ def run_render_job(cfg: RenderJobConfig, address: str | None = None) -> dict[str
         "objects_per_s": round(rendered_objects / render_s, 3) if render_s > 0 else 0.0,
         "timings": timings,
         "fingerprint": plan.fingerprint,
+        "generations": generation_table(plan),
+        "new_objects": plan.generations[-1].objects if plan.new_generation else 0,
+        "vanished": len(plan.vanished),
+        "vanished_uids": plan.vanished[:20],
         "previews": previews,
         "out": str(out),
     }
@@ -134,6 +149,14 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"shards: {summary['shards']} total, {summary['shards_rendered']} rendered, {summary['shards_skipped']} skipped "
         f"(already complete), {len(summary['shards_failed'])} failed",
     ]
+    gens = summary.get("generations", [])
+    if len(gens) > 1 or summary.get("vanished"):
+        lines.append(f"plan: {len(gens)} generations ("
+                     + ", ".join(f"{g['generation']}: {g['objects']} objects in shards {g['shards']}" for g in gens)
+                     + f"); {summary.get('new_objects', 0)} new objects this run")
+    if summary.get("vanished"):
+        lines.append(f"{summary['vanished']} planned objects are no longer listed by the corpus (kept in their shards): "
+                     + ", ".join(summary["vanished_uids"][:5]) + (" ..." if summary["vanished"] > 5 else ""))
     for f in summary["shards_failed"]:
         lines.append(f"  FAILED {f['shard']}: {f['error']}: {f['reason']} (re-run to retry)")
     if summary["errors_by_reason"]:

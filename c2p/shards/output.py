@@ -1,7 +1,8 @@
 """What the render job does to its output directory: claim it, find what is done, finish it.
 
-- :func:`prepare_output` refuses a directory that holds another plan's shards (or wipes it
-  with ``job.overwrite``), removes what crashed attempts left and records the plan;
+- :func:`claim_output` reads the plan recorded there and refuses another plan's shards (or
+  wipes them with ``job.overwrite``); :func:`prepare_output` removes what crashed attempts
+  left and records the (possibly grown) plan;
 - :func:`completed_shards`: the shards a re-run skips;
 - :func:`finalize_output` writes ``index.json``, ``errors.jsonl`` and ``warnings.jsonl`` from the
   ``parts/`` records alone, so a re-run that renders nothing rebuilds them byte for byte.
@@ -20,30 +21,41 @@ from typing import Any
 from c2p.fileio import atomic_write_bytes
 from c2p.schema import ShardIndex
 from c2p.sharddir import PLAN_NAME, SHARD_GLOB, ShardDir
-from c2p.shards.plan import PlanMismatch, RenderPlan, check_plan, read_plan_record, write_plan_record
+from c2p.shards.plan import RenderPlan
+from c2p.shards.record import PlanMismatch, PlanRecord, check_settings, read_plan_record, write_plan_record
 from c2p.shards.task import read_part
 
 log = logging.getLogger(__name__)
 
 
-def prepare_output(out: Path, plan: RenderPlan, overwrite: bool) -> None:
-    """Make ``out`` ready for ``plan``: refuse or wipe another plan's output, record this plan.
+def claim_output(out: Path, settings: dict[str, Any], overwrite: bool) -> PlanRecord | None:
+    """The plan already recorded in ``out`` (None for a new or wiped directory), checked against
+    this job's render ``settings``.
 
-    Raises :class:`~c2p.shards.plan.PlanMismatch` when ``out`` holds shards of other settings
-    (or shards without a ``plan.json``, i.e. not written by this job) and ``overwrite`` is false.
+    Raises :class:`~c2p.shards.record.PlanMismatch` when ``out`` holds shards of other settings
+    (or shards without a ``plan.json``, i.e. not written by this job) and ``overwrite`` is false;
+    with ``overwrite`` the job's files are deleted instead. Nothing is written otherwise.
     """
     shard_dir = ShardDir(out)
     try:
-        check_plan(out, plan)
-        if read_plan_record(out) is None and shard_dir.shard_tars():
+        previous = read_plan_record(out)
+        check_settings(out, previous, settings)
+        if previous is None and shard_dir.shard_tars():
             raise PlanMismatch(f"output {out} holds {SHARD_GLOB} files but no {PLAN_NAME}: not a render job's output; "
                                "expected an empty or new directory, or job.overwrite=true to delete them")
+        return previous
     except PlanMismatch:
         if not overwrite:
             raise
         log.warning("job.overwrite=true: deleting the previous render in %s", out)
         for path in shard_dir.job_files():
             shutil.rmtree(path) if path.is_dir() else path.unlink()
+        return None
+
+
+def prepare_output(out: Path, plan: RenderPlan) -> None:
+    """Make the claimed ``out`` ready for ``plan``: remove what crashed attempts left, record the plan."""
+    shard_dir = ShardDir(out)
     out.mkdir(parents=True, exist_ok=True)
     shard_dir.parts.mkdir(exist_ok=True)
     # A crashed attempt leaves its staging folder (and a parts/*.tmp); this job owns the directory now.
@@ -59,13 +71,17 @@ def remove_staging(out: Path) -> None:
 
 
 def completed_shards(out: Path, plan: RenderPlan) -> dict[int, dict[str, Any]]:
-    """Shards of ``plan`` already in ``out``: tar present and a ``parts/`` record of this plan.
-    Returns their records by shard index."""
+    """Shards of ``plan`` already in ``out``: a ``parts/`` record of the shard's generation and
+    its tar. One listing of the directory, then one small read per record: no stat per object
+    or per shard. Returns their records by shard index."""
     shard_dir = ShardDir(out)
+    tars = {p.name for p in shard_dir.shard_tars()}
     done = {}
     for spec in plan.shards:
+        if spec.name not in tars:
+            continue
         part = read_part(out, spec.name)
-        if part and part.get("fingerprint") == plan.fingerprint and shard_dir.shard(spec.name).is_file():
+        if part and part.get("fingerprint") == spec.fingerprint:
             done[spec.index] = part
     return done
 

@@ -18,12 +18,12 @@ from c2p.shards.task import ShardResult, render_shard
 log = logging.getLogger(__name__)
 
 
-def shard_task(spec: ShardSpec, cfg: RenderJobConfig, fingerprint: str, actors: list, fault: str) -> ShardResult:
+def shard_task(spec: ShardSpec, cfg: RenderJobConfig, actors: list, fault: str) -> ShardResult:
     """Body of the Ray task: :func:`~c2p.shards.task.render_shard` with the EGL context on the
     GPU Ray assigned to this task."""
     import ray
 
-    return render_shard(spec, cfg, fingerprint, feature_actors=actors, device_index=cuda_ordinal(ray.get_gpu_ids()), fault=fault)
+    return render_shard(spec, cfg, feature_actors=actors, device_index=cuda_ordinal(ray.get_gpu_ids()), fault=fault)
 
 
 def cuda_ordinal(gpu_ids: list) -> int | None:
@@ -89,7 +89,7 @@ def run_tasks(cfg: RenderJobConfig, plan: RenderPlan, todo: list[ShardSpec], fau
         while queue or in_flight:
             while queue and len(in_flight) < limit:
                 spec = queue.pop()
-                in_flight[task.remote(spec, cfg_ref, plan.fingerprint, actors, fault)] = spec
+                in_flight[task.remote(spec, cfg_ref, actors, fault)] = spec
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             for ref in ready:
                 spec = in_flight.pop(ref)

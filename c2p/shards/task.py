@@ -74,7 +74,7 @@ def read_part(out: str | Path, name: str) -> dict[str, Any] | None:
         return None
 
 
-def render_shard(spec: ShardSpec, cfg: RenderJobConfig, fingerprint: str, *, feature_actors: list | None = None,
+def render_shard(spec: ShardSpec, cfg: RenderJobConfig, *, feature_actors: list | None = None,
                  device_index: int | None = None, fault: str = "") -> ShardResult:
     """Render shard ``spec`` into ``<cfg.out>/<spec.name>`` and its ``parts/`` record.
 
@@ -149,8 +149,11 @@ def render_shard(spec: ShardSpec, cfg: RenderJobConfig, fingerprint: str, *, fea
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     size = out.shard(spec.name).stat().st_size
-    records = [rec for _, rec in sorted(errors, key=lambda e: e[0])]
-    result = ShardResult(spec.index, spec.name, fingerprint, writer.count, size, records, warnings)
+    # Planned objects the corpus no longer lists come first: they fail before any rendering.
+    records = [error_record(cfg.corpus.name, uid, "", "list", "Vanished", f"planned into this shard (plan generation "
+                            f"{spec.generation}) but no longer listed by the corpus") for uid in spec.missing]
+    records += [rec for _, rec in sorted(errors, key=lambda e: e[0])]
+    result = ShardResult(spec.index, spec.name, spec.fingerprint, writer.count, size, records, warnings)
     out.parts.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out.part(spec.name), json.dumps(result.part_record(), indent=1, sort_keys=True).encode())
     timings["write"] += time.perf_counter() - t

@@ -25,11 +25,13 @@ from pathlib import Path
 
 
 def virtual_listing(n: int, classes: int = 1156):
-    """``n`` ObjectRefs whose uids cluster by class, as ShapeNet's and Objaverse-LVIS's do."""
+    """``n`` ObjectRefs whose uids cluster by class, as ShapeNet's and Objaverse-LVIS's do (one
+    label string per class, as a corpus reader's label list gives)."""
     from c2p.corpora import ObjectRef
 
     per = max(1, n // classes)
-    return [ObjectRef("virt", f"c{i // per:04d}-{i:09d}", f"class{i // per}", i // per, f"/data/virt/{i:09d}.glb") for i in range(n)]
+    names = [f"class{c}" for c in range(n // per + 1)]
+    return [ObjectRef("virt", f"c{i // per:04d}-{i:09d}", names[i // per], i // per, f"/data/virt/{i:09d}.glb") for i in range(n)]
 
 
 def measure(n: int, shard_size: int, finished: int, scratch: Path) -> dict:
@@ -37,14 +39,15 @@ def measure(n: int, shard_size: int, finished: int, scratch: Path) -> dict:
     from c2p.config.render import RenderJobConfig
     from c2p.sharddir import ShardDir
     from c2p.shards.output import completed_shards
-    from c2p.shards.plan import make_plan, write_plan_record
+    from c2p.shards.plan import make_plan
+    from c2p.shards.record import read_plan_record, write_plan_record
 
     out: dict = {"objects": n, "shard_size": shard_size}
     t = time.perf_counter()
     refs = virtual_listing(n)
     out["listing_s"] = round(time.perf_counter() - t, 3)
     out["rss_after_listing_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # where memory goes: the refs
-    labels = sorted({r.label for r in refs})
+    labels = sorted({r.label for r in refs}, key=lambda l: int(l[5:]))
     cfg = load_config(RenderJobConfig, None, [f"corpus.root={scratch}", f"out={scratch / 'out'}", f"job.shard_size={shard_size}"])
     t = time.perf_counter()
     plan = make_plan(cfg, refs, [], labels)
@@ -56,20 +59,31 @@ def measure(n: int, shard_size: int, finished: int, scratch: Path) -> dict:
     path = write_plan_record(scratch / "out", plan)
     out["write_plan_s"] = round(time.perf_counter() - t, 3)
     out["plan_json_mib"] = round(path.stat().st_size / 2**20, 2)
+    out["uid_list_mib"] = round(sum(p.stat().st_size for p in (scratch / "out" / "generations").iterdir()) / 2**20, 1)
     t = time.perf_counter()
     json.loads(path.read_text())
     out["read_plan_s"] = round(time.perf_counter() - t, 3)
 
-    # The resume check over `finished` complete shards (their parts/ records carry this plan's fingerprint).
+    # The resume check over `finished` complete shards (their parts/ records carry their generation's fingerprint).
     done_dir = ShardDir(scratch / f"done-{n}")
     done_dir.parts.mkdir(parents=True, exist_ok=True)
     for spec in plan.shards[:finished]:
         done_dir.shard(spec.name).write_bytes(b"")
-        done_dir.part(spec.name).write_text(json.dumps({"fingerprint": plan.fingerprint, "name": spec.name, "samples": len(spec.refs)}))
+        done_dir.part(spec.name).write_text(json.dumps({"fingerprint": spec.fingerprint, "name": spec.name, "samples": len(spec.refs)}))
     t = time.perf_counter()
     done = completed_shards(done_dir.root, plan)
     out["resume_check_s"] = round(time.perf_counter() - t, 3)
     out["resume_check_shards"] = len(done)
+    del done
+    # Growth: the same listing plus 1% new objects, planned against the recorded plan (reads and
+    # re-keys generation 0's uid list, keeps its shards, cuts the new objects into new shards).
+    grown = refs + [type(refs[0])("virt", f"new-{i:09d}", refs[0].label, 0, f"/data/virt/new-{i:09d}.glb") for i in range(max(1, n // 100))]
+    del refs, plan
+    t = time.perf_counter()
+    plan2 = make_plan(cfg, grown, [], labels, read_plan_record(scratch / "out"))
+    out["grow_plan_s"] = round(time.perf_counter() - t, 3)
+    out["grow_new_shards"] = len(plan2.shards) - out["shards"]
+    out["rss_after_grow_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return out
 
@@ -116,7 +130,7 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
         loader = loader_start(Path(tmp), a.finished)
     growth = {}
-    for key in ("plan_s", "write_plan_s", "plan_json_mib", "peak_rss_mib"):
+    for key in ("listing_s", "plan_s", "write_plan_s", "grow_plan_s", "plan_json_mib", "peak_rss_mib"):
         growth[key] = [round(rows[i + 1][key] / rows[i][key], 2) if rows[i][key] else None for i in range(len(rows) - 1)]
     last = rows[-1]
     print(json.dumps({

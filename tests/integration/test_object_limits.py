@@ -49,7 +49,7 @@ def _render(root: Path, out: Path, *extra: str):
     plan = make_plan(cfg, refs, errors, c.labels)
     (spec,) = plan.shards
     out.mkdir(parents=True)
-    return spec, render_shard(spec, cfg, plan.fingerprint)
+    return spec, render_shard(spec, cfg)
 
 
 def test_a_mesh_that_never_finishes_loading_becomes_an_error_record(corpus, tmp_path, monkeypatch):

@@ -36,10 +36,8 @@ from c2p.schema import (
     decode_image,
     decode_npy,
 )
-from c2p.shards.plan import (
-    PlanMismatch,
-    make_plan,
-)
+from c2p.shards import PlanMismatch
+from c2p.shards.plan import make_plan
 
 REPO = Path(__file__).resolve().parents[2]
 # Small renders keep the module within its time budget on 2 shared cores.
@@ -131,7 +129,7 @@ def test_render_shard_is_byte_identical_across_attempts(corpus, tmp_path):
     # a and b: the default (samples encoded and written by the task's writer thread); c: in line.
     for out, threaded in ((tmp_path / "a", True), (tmp_path / "b", True), (tmp_path / "c", False)):
         out.mkdir()
-        res = render_shard(spec, replace(cfg, out=str(out), job=replace(cfg.job, write_thread=threaded)), plan.fingerprint)
+        res = render_shard(spec, replace(cfg, out=str(out), job=replace(cfg.job, write_thread=threaded)))
         assert res.samples == len(spec.refs) - len(res.errors) > 0
         hashes.append(_sha(out / spec.name))
         assert (out / "parts" / (Path(spec.name).stem + ".json")).exists()
@@ -159,7 +157,7 @@ def test_writer_thread_error_fails_the_shard_and_leaves_nothing(corpus, tmp_path
     monkeypatch.setattr(ShardWriter, "write", failing_write)
     (tmp_path / "out").mkdir()
     with pytest.raises(OSError, match="No space left"):
-        render_shard(spec, cfg, plan.fingerprint)
+        render_shard(spec, cfg)
     assert not (tmp_path / "out" / spec.name).exists()
     assert not list((tmp_path / "out").glob("parts/*")) and not list((tmp_path / "out").rglob("*.tmp"))
     assert not list((tmp_path / "out").glob(".staging/*"))

@@ -18,12 +18,13 @@ from c2p.schema import (
     decode_image,
 )
 from c2p.shards.plan import (
-    assign_shards,
-    unique_refs,
+    cut_shards,
     make_plan,
     object_seed,
     render_settings,
+    unique_refs,
 )
+from c2p.shards.record import read_plan_record, write_plan_record
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -81,6 +82,68 @@ def test_every_shard_is_a_fair_sample_of_a_class_sorted_corpus(tmp_path):
     assert small.total_objects == 32 and len({r.label for s in small.shards for r in s.refs}) >= 10
 
 
+def _grow_cfg(tmp_path, *extra):
+    return load_config(RenderJobConfig, None, [f"corpus.root={tmp_path}", f"out={tmp_path}/o", "job.shard_size=4", *extra])
+
+
+def _layout(plan) -> list[list[str]]:
+    return [[r.uid for r in s.refs] for s in plan.shards]
+
+
+def test_a_grown_listing_keeps_every_planned_shard_and_adds_new_ones(tmp_path):
+    """Generation 0 from 10 objects of class a; the listing grows by 6 objects (a new class b)
+    and loses one: the recorded shards keep their objects and places, only the new objects go
+    into new shards, in keyed order, and labels are appended so old label indices hold."""
+    cfg, out = _grow_cfg(tmp_path), tmp_path / "o"
+    first = make_plan(cfg, _refs(10), [], ["a"], created="2026-01-01T00:00:00+00:00")
+    out.mkdir()
+    write_plan_record(out, first)
+    assert (out / "generations" / "gen-0000.uids").read_text().split() == [u for s in _layout(first) for u in s]
+
+    grown = [r for r in _refs(10) if r.uid != "u003"] + [ObjectRef("c", f"v{i:03d}", "b", 0, f"/src/v{i}") for i in range(6)]
+    previous = read_plan_record(out)
+    plan = make_plan(cfg, grown, [], ["b"], previous)  # the corpus alone would number b as 0
+    assert plan.labels == ["a", "b"]
+    old = [[u for u in s if u != "u003"] for s in _layout(first)]
+    assert _layout(plan)[: len(old)] == old
+    assert [s.fingerprint for s in plan.shards[: len(old)]] == [s.fingerprint for s in first.shards]
+    lost = next(s for s in plan.shards if s.missing)
+    assert lost.missing == ("u003",) and plan.vanished == ["u003"]
+    new = plan.shards[len(old):]
+    assert [s.index for s in new] == [3, 4] and {s.generation for s in new} == {1}
+    assert sorted(r.uid for s in new for r in s.refs) == [f"v{i:03d}" for i in range(6)]
+    assert all(r.label_index == 1 for s in new for r in s.refs)
+    assert [g.objects for g in plan.generations] == [10, 6] and plan.generations[0].created.startswith("2026-01-01")
+    # The new generation is itself mixed: the same keyed order a fresh plan of those objects has.
+    alone = make_plan(cfg, [r for s in new for r in s.refs], [], ["a", "b"])
+    assert _layout(alone) == _layout(plan)[len(old):]
+
+    write_plan_record(out, plan)
+    again = make_plan(cfg, grown, [], ["b"], read_plan_record(out))
+    assert not again.new_generation and _layout(again) == _layout(plan) and again.fingerprint == plan.fingerprint
+    assert (out / "generations" / "gen-0001.uids").read_text().split() == plan.new_uids()
+
+
+def test_recorded_plans_refuse_other_settings_and_damaged_uid_lists(tmp_path):
+    from c2p.shards import PlanMismatch
+    from c2p.shards.output import claim_output
+    from c2p.shards.plan import render_settings
+
+    out = tmp_path / "o"
+    out.mkdir()
+    cfg = _grow_cfg(tmp_path)
+    write_plan_record(out, make_plan(cfg, _refs(10), [], ["a"]))
+    assert claim_output(out, render_settings(cfg), overwrite=False) is not None
+    with pytest.raises(PlanMismatch, match=r"render settings differ \(seed: 0 -> 1\)"):
+        claim_output(out, render_settings(_grow_cfg(tmp_path, "job.seed=1")), overwrite=False)
+    (out / "generations" / "gen-0000.uids").write_text("u000\n")
+    with pytest.raises(PlanMismatch, match=r"gen-0000.uids: 1 uids; expected 10"):
+        make_plan(cfg, _refs(10), [], ["a"], read_plan_record(out))
+    (out / "plan.json").write_text('{"corpus": "c", "fingerprint": "x", "settings": {}}')
+    with pytest.raises(PlanMismatch, match="plan format 1.*job.overwrite=true"):
+        read_plan_record(out)
+
+
 def test_plan_fingerprint_follows_render_settings_only(tmp_path):
     base = [f"corpus.root={tmp_path}", f"out={tmp_path}/o"]
     cfg = load_config(RenderJobConfig, None, base)
@@ -95,9 +158,10 @@ def test_plan_fingerprint_follows_render_settings_only(tmp_path):
 def test_duplicate_keys_and_object_seeds():
     refs = _refs(3) + [ObjectRef("c", "u001", "a", 0, "/src/dup"), ObjectRef("c", "u.001", "a", 0, "/src/dot"),
                        ObjectRef("c", "u_001", "a", 0, "/src/us")]  # "u.001" and "u_001" are both key "c-u_001"
-    unique, dups = unique_refs(refs)
-    assert [r.source for r in unique] == ["/src/dot", "/src/0", "/src/1", "/src/2"]
-    (shard,) = assign_shards(unique, 10)
+    unique, dups = unique_refs(list(reversed(refs)))  # the first by (uid, source) is kept, whatever the listing order
+    assert sorted(r.source for r in unique) == ["/src/0", "/src/1", "/src/2", "/src/dot"]
+    assert [d["source"] for d in dups] == ["/src/dup", "/src/us"]
+    (shard,) = cut_shards(unique, 10)
     assert sorted(r.source for r in shard.refs) == sorted(r.source for r in unique)
     assert {d["source"] for d in dups} == {"/src/dup", "/src/us"} and all(d["stage"] == "plan" for d in dups)
     assert object_seed(0, "c", "u1") == object_seed(0, "c", "u1") != object_seed(1, "c", "u1")
