@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from c2p.cli.base import command_parser, run_command
@@ -80,7 +81,7 @@ def suite_body(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({k: table[k] for k in ("measured", "published", "skipped", "report")}, default=str))
     else:
-        print(open(table["report"]["markdown"]).read() + f"report: {table['report']['markdown']}")
+        print(Path(table["report"]["markdown"]).read_text() + f"report: {table['report']['markdown']}")
     return 0
 
 

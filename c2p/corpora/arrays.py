@@ -19,7 +19,15 @@ from typing import Sequence
 
 import numpy as np
 
-from c2p.corpora.base import Corpus, CorpusError, ErrorRecord, ObjectRecord, ObjectRef, check_points, require_file
+from c2p.corpora.base import (
+    Corpus,
+    CorpusError,
+    ErrorRecord,
+    ObjectRecord,
+    ObjectRef,
+    check_points,
+    require_file,
+)
 
 __all__ = ["ArrayCorpus", "check_clouds", "check_labels", "read_names", "write_names"]
 

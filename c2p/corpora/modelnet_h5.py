@@ -25,7 +25,13 @@ from typing import Sequence
 
 import numpy as np
 
-from c2p.corpora.arrays import ArrayCorpus, check_clouds, check_labels, read_names, write_names
+from c2p.corpora.arrays import (
+    ArrayCorpus,
+    check_clouds,
+    check_labels,
+    read_names,
+    write_names,
+)
 from c2p.corpora.base import CorpusError, require_file
 
 __all__ = ["ModelNetH5Corpus", "write_modelnet_h5", "SHAPE_NAMES"]

@@ -31,7 +31,16 @@ from typing import Any, Sequence
 import numpy as np
 
 from c2p.corpora.arrays import ArrayCorpus
-from c2p.corpora.base import Corpus, CorpusError, ErrorRecord, ObjectRecord, ObjectRef, check_file, check_points, require_file
+from c2p.corpora.base import (
+    Corpus,
+    CorpusError,
+    ErrorRecord,
+    ObjectRecord,
+    ObjectRef,
+    check_file,
+    check_points,
+    require_file,
+)
 
 __all__ = ["OpenShapeModelNet40", "OpenShapeLVIS", "write_openshape_modelnet40", "write_openshape_lvis", "check_xyz_rgb"]
 

@@ -26,8 +26,18 @@ from pathlib import Path
 from typing import Sequence
 
 from c2p.config import ConfigError, load_config
-from c2p.config.downstream import AdapterConfig, DownstreamConfig, EvalDataConfig, FinetuneConfig
-from c2p.config.evalsuite import ProtocolConfig, ProtocolDataset, PublishedNumbers, SuiteConfig
+from c2p.config.downstream import (
+    AdapterConfig,
+    DownstreamConfig,
+    EvalDataConfig,
+    FinetuneConfig,
+)
+from c2p.config.evalsuite import (
+    ProtocolConfig,
+    ProtocolDataset,
+    PublishedNumbers,
+    SuiteConfig,
+)
 
 __all__ = ["CELL_TARGET", "Cell", "SuitePlan", "load_suite", "suite_dir", "cell_config", "run_cell", "run_suite", "collect_suite"]
 

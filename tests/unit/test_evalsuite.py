@@ -5,12 +5,11 @@ The suite end to end on the synthetic world: tests/integration/test_evalsuite.py
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
+from testdata import WordSumText, WordTokenizer
 
 from c2p.config import ConfigError, load_config
 from c2p.config.evalsuite import ProtocolConfig, PublishedNumbers
@@ -38,28 +37,6 @@ def test_sampling_first_fps_and_seeded_random():
 
 
 # ----------------------------------------------------------------------------- prompt ensemble
-
-
-class WordTokenizer:
-    """Prompts → word ids (0 = padding, unknown words 0 too): [B, 8] long."""
-
-    def __init__(self, vocab: dict[str, int]):
-        self.vocab = vocab
-
-    def __call__(self, texts: list[str]) -> torch.Tensor:
-        ids = [[self.vocab.get(w, 0) for w in re.findall(r"[a-z]+", t.lower())][:8] for t in texts]
-        return torch.tensor([row + [0] * (8 - len(row)) for row in ids])
-
-
-class WordSumText(nn.Module):
-    """A text tower whose output is known: the sum of its words' vectors."""
-
-    def __init__(self, vectors: torch.Tensor):
-        super().__init__()
-        self.words = nn.Embedding.from_pretrained(torch.cat([torch.zeros(1, vectors.shape[1]), vectors]))
-
-    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.words(tokens).sum(dim=1)
 
 
 def test_prompt_ensemble_fixes_a_template_that_alone_misleads():
