@@ -6,7 +6,9 @@
   :func:`write_loader_corpus` makes the loader's content-encoded ones;
 - corpora in their real layouts: :func:`write_broken_shapenet` (the render job's inputs, broken
   ones included), :func:`write_modelnet_shapes` (hand-built shapes for evaluation);
-- :func:`tiny_overrides`: the tiny pre-training config pointed at a shard directory.
+- :func:`tiny_overrides`: the tiny pre-training config pointed at a shard directory;
+- towers whose outputs are known: :class:`CoverageTower` (visual), :class:`WordSumText` with
+  :class:`WordTokenizer` (text).
 
     sample = object_sample("blobs", "o0001", "c1", 1, points, imgfeat={"tiny": feats})
     write_shard_dir(root, [[s0, s1], [s2]], corpus="blobs", labels=["c0", "c1"])
@@ -14,10 +16,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
+from torch import nn
 
 from c2p.schema import SampleMeta, ShardIndex, ShardWriter, encode_sample, make_key
 from c2p.sharddir import shard_name
@@ -229,3 +234,48 @@ DEMO_SHORT = [
     "pretrain.steps=6", "pretrain.batch_size=16", "pretrain.points=256",
     "fewshot.shots=[1,2]", "fewshot.seeds=[0,1]", "fewshot.epochs=5", "fewshot.views=6",
 ]
+
+
+# ----------------------------------------------------------------------------- hand-built towers (known outputs)
+
+
+class CoverageTower(nn.Module):
+    """A visual tower whose output is known: feature = [covered fraction of the image, 0.3].
+
+    A pixel is covered when its first channel is below the background value: the depth
+    normaliser maps covered pixels into [0, 200/255] and the background to 1.0 before CLIP's
+    mean/std.
+    """
+
+    def __init__(self):
+        super().__init__()
+        from c2p.imagenorm import CLIP_MEAN, CLIP_STD
+
+        self.background = (1.0 - float(CLIP_MEAN[0])) / float(CLIP_STD[0])
+        self.dummy = nn.Parameter(torch.zeros(1))  # so module_hash / .to() have state
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        covered = (images[:, 0] < self.background - 1e-3).float().mean(dim=(1, 2))
+        return torch.stack([covered, torch.full_like(covered, 0.3)], dim=1) + 0 * self.dummy
+
+
+class WordTokenizer:
+    """Prompts → word ids (0 = padding, unknown words 0 too): [B, 8] long."""
+
+    def __init__(self, vocab: dict[str, int]):
+        self.vocab = vocab
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        ids = [[self.vocab.get(w, 0) for w in re.findall(r"[a-z]+", t.lower())][:8] for t in texts]
+        return torch.tensor([row + [0] * (8 - len(row)) for row in ids])
+
+
+class WordSumText(nn.Module):
+    """A text tower whose output is known: the sum of its words' vectors."""
+
+    def __init__(self, vectors: torch.Tensor):
+        super().__init__()
+        self.words = nn.Embedding.from_pretrained(torch.cat([torch.zeros(1, vectors.shape[1]), vectors]))
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.words(tokens).sum(dim=1)

@@ -10,13 +10,18 @@ from c2p.config.pretrain import RunConfig
 
 @dataclass
 class EvalDataConfig:
-    corpus: str = option("synthetic", "corpus reader", choices=["synthetic", "shapenet55", "modelnet", "scanobjectnn", "manifest", "shapenet", "objaverse"])
+    corpus: str = option("synthetic", "corpus reader", choices=["synthetic", "shapenet55", "modelnet", "scanobjectnn", "manifest", "shapenet", "objaverse",
+                                                               "modelnet_h5", "scanobjectnn_release", "openshape_modelnet40", "openshape_lvis"])
     root: str = option("", "corpus root")
     train_split: str = option("train", "split few-shot / supervised examples come from")
     test_split: str = option("test", "split evaluated")
     classes: list[str] = option([], "class names in label order (empty: from the corpus)")
     points: int = option(1024, "points per object fed to the depth renderer", ge=1)
     rotate_zup: bool = option(False, "rotate z-up to y-up (ModelNet: Rx(pi/2) then Ry(-pi/2))")
+    swap_yz: bool = option(False, "swap the y and z columns instead (OpenShape's y_up: z-up data to y-up by a reflection)")
+    sampling: str = option("random", "how data.points are taken from the stored points: random (seeded per object), first N, fps", choices=["random", "first", "fps"])
+    sampling_seed: int = option(0, "seed of random sampling (0: the per-object draw of earlier releases)", ge=0)
+    variant: str = option("", "reader variant, e.g. ScanObjectNN's OBJ_ONLY, OBJ_BG, PB_T50_RS (scanobjectnn_release); empty: the reader's default")
     normalize: bool = option(True, "centre and scale each object into the unit sphere before rendering")
     max_objects: int = option(0, "use at most this many objects per split, first by uid (0: all; smoke runs)", ge=0)
 
@@ -71,6 +76,8 @@ class DownstreamConfig:
         for t in self.encoder.templates:
             if "{}" not in t:
                 raise ConfigError("encoder.templates", t, "a template containing '{}' for the class name")
+        if self.data.rotate_zup and self.data.swap_yz:
+            raise ConfigError("data.swap_yz", True, "false when data.rotate_zup is true (one way from z-up to y-up)")
         if len(set(self.data.classes)) != len(self.data.classes):
             dup = sorted({c for c in self.data.classes if self.data.classes.count(c) > 1})
             raise ConfigError("data.classes", dup, "class names without repeats")

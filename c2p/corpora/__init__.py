@@ -9,6 +9,17 @@
 | ``modelnet``   | ModelNet10/40 ``<class>/train|test/*.off``                    | modelnet      |
 | ``scanobjectnn``| ScanObjectNN ``.h5`` with data/label                          | scanobjectnn  |
 | ``manifest``   | JSONL of path, label, caption (mesh or .npy/.ply points)      | manifest      |
+
+Released evaluation sets (whole files checked; a file whose arrays disagree is refused):
+
+| name                    | format                                                    | module        |
+|-------------------------|-----------------------------------------------------------|---------------|
+| ``modelnet_h5``         | ModelNet40 2048-point HDF5 (``ply_data_*.h5``, shape_names)| modelnet_h5   |
+| ``scanobjectnn_release``| ScanObjectNN h5 variants (OBJ_ONLY, OBJ_BG, PB_T50_RS, ...) | scanobjectnn  |
+| ``openshape_modelnet40``| OpenShape's ``test_split.json`` + ``test_pc.npy``           | openshape     |
+| ``openshape_lvis``      | OpenShape's Objaverse-LVIS ``lvis.json`` + per-object .npy  | openshape     |
+
+:mod:`c2p.corpora.released` exports a synthetic world in all four.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ from c2p.corpora.base import Corpus, CorpusError, ErrorRecord, ObjectRecord, Obj
 
 __all__ = [
     "CORPORA",
+    "RELEASED",
     "Corpus",
     "CorpusError",
     "ErrorRecord",
@@ -37,7 +49,14 @@ CORPORA: dict[str, tuple[str, str]] = {
     "modelnet": ("c2p.corpora.modelnet", "ModelNetCorpus"),
     "scanobjectnn": ("c2p.corpora.scanobjectnn", "ScanObjectNNCorpus"),
     "manifest": ("c2p.corpora.manifest", "ManifestCorpus"),
+    "modelnet_h5": ("c2p.corpora.modelnet_h5", "ModelNetH5Corpus"),
+    "scanobjectnn_release": ("c2p.corpora.scanobjectnn", "ScanObjectNNRelease"),
+    "openshape_modelnet40": ("c2p.corpora.openshape", "OpenShapeModelNet40"),
+    "openshape_lvis": ("c2p.corpora.openshape", "OpenShapeLVIS"),
 }
+
+# the readers of released evaluation sets (the suite's protocols name them)
+RELEASED = ("modelnet_h5", "scanobjectnn_release", "openshape_modelnet40", "openshape_lvis")
 
 
 def open_corpus(name: str, root: str | Path, split: str = "train", **kw) -> Corpus:

@@ -6,6 +6,9 @@ On-disk layout (the official h5 release)::
     root/training_objectdataset_augmentedrot_scale75.h5, ...          (variant "objectdataset_augmentedrot_scale75")
 
 ``root`` is the split folder (e.g. ``h5_files/main_split``); ``variant`` picks the file pair.
+:class:`ScanObjectNNRelease` (reader ``scanobjectnn_release``) reads the benchmark variants by
+name (OBJ_ONLY, OBJ_BG, PB_T50_RS, ...) from ``h5_files/`` for evaluation, refusing whole files
+whose arrays disagree; :func:`write_scanobjectnn` writes that layout.
 The h5 label is an index into :data:`SCANOBJECTNN_CLASSES` (the release's order); ``labels`` is
 that list sorted and ``label_index`` indexes it. uid = ``<split>-<row:05d>``. Points are
 returned as stored; the original treats them as y-up (no rotation before rendering).
@@ -17,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from c2p.corpora.base import Corpus, CorpusError, ErrorRecord, ObjectRecord, ObjectRef, check_file, check_points
+from c2p.corpora.arrays import ArrayCorpus, check_clouds, check_labels, read_names, write_names
+from c2p.corpora.base import Corpus, CorpusError, ErrorRecord, ObjectRecord, ObjectRef, check_file, check_points, require_file
 
 SCANOBJECTNN_CLASSES: list[str] = [
     "bag", "bin", "box", "cabinet", "chair", "desk", "display", "door",
@@ -92,3 +96,82 @@ class ScanObjectNNCorpus(Corpus):
         except (OSError, KeyError, IndexError, ValueError) as exc:
             raise CorpusError(ref.source, f"unreadable h5 row ({type(exc).__name__}: {exc})") from exc
         return ObjectRecord(ref, None, check_points(ref.source, raw))
+
+
+# ----------------------------------------------------------------------------- the release's variants
+
+# The benchmark variants of the h5 release (``h5_files/``): folder and file stem.
+# main_split_nobg holds the objects without background (OBJ_ONLY); main_split with it (OBJ_BG)
+# and its perturbed copies, of which PB_T50_RS (the hardest) is the one papers report.
+VARIANTS: dict[str, tuple[str, str]] = {
+    "OBJ_ONLY": ("main_split_nobg", "objectdataset"),
+    "OBJ_BG": ("main_split", "objectdataset"),
+    "PB_T25": ("main_split", "objectdataset_augmented25_norot"),
+    "PB_T25_R": ("main_split", "objectdataset_augmented25rot"),
+    "PB_T50_R": ("main_split", "objectdataset_augmentedrot"),
+    "PB_T50_RS": ("main_split", "objectdataset_augmentedrot_scale75"),
+}
+
+
+def variant_files(root: Path, variant: str) -> tuple[Path, str]:
+    """(split folder, file stem) of a variant name under ``root`` (``h5_files/`` or the split
+    folder itself). ``variant``: a name of :data:`VARIANTS`; raises CorpusError otherwise."""
+    if variant not in VARIANTS:
+        raise CorpusError(root, f"ScanObjectNN variant {variant!r}; expected one of {sorted(VARIANTS)}")
+    folder, stem = VARIANTS[variant]
+    return (root / folder if (root / folder).is_dir() else root), stem
+
+
+class ScanObjectNNRelease(ArrayCorpus):
+    """One benchmark variant of the ScanObjectNN h5 release, whole files checked.
+
+    ``root``: ``h5_files/`` (holding ``main_split/`` and ``main_split_nobg/``) or one split folder;
+    ``variant``: OBJ_ONLY, OBJ_BG, PB_T25, PB_T25_R, PB_T50_R or PB_T50_RS. Class names: a
+    ``shape_names.txt`` in the split folder or ``root`` if there is one, else
+    :data:`SCANOBJECTNN_CLASSES`. Unlike :class:`ScanObjectNNCorpus` (a render input, where one
+    bad row is skipped) a file whose arrays disagree is refused as a whole.
+    """
+
+    name = "scanobjectnn_release"
+    up_axis = "y"
+
+    def __init__(self, root: str | Path, split: str = "test", name: str | None = None, variant: str = "PB_T50_RS"):
+        import h5py
+
+        super().__init__(root, split, name)
+        self.variant = variant
+        folder, stem = variant_files(self.root, variant)
+        names_file = next((p for p in (folder / "shape_names.txt", self.root / "shape_names.txt") if p.is_file()), None)
+        self._set_classes(read_names(names_file) if names_file else SCANOBJECTNN_CLASSES)
+        for s in ("train", "test") if split == "all" else (split,):
+            path = h5_path(folder, s, stem)
+            require_file(path)
+            try:
+                with h5py.File(path, "r") as f:
+                    if "data" not in f or "label" not in f:
+                        raise CorpusError(path, f"h5 members {sorted(f.keys())}; expected 'data' and 'label'")
+                    data = check_clouds(path, f["data"][()])
+                    labels = check_labels(path, f["label"][()], data.shape[0], len(self.class_order),
+                                          names_file or "the release's 15-class list")
+            except OSError as exc:
+                raise CorpusError(path, f"unreadable h5 ({exc})") from exc
+            self._add_array(s, path, data, labels)
+
+
+def write_scanobjectnn(root: str | Path, variant: str, split: str, clouds: np.ndarray, labels: np.ndarray,
+                       shape_names: list[str] | None = None) -> Path:
+    """Write one split of a variant as the release lays it out: ``root/<folder>/<prefix>_<stem>.h5``
+    with data [N,P,3] float32 and label [N] (and ``shape_names.txt`` when the classes are not the
+    release's 15). Returns the h5 path."""
+    import h5py
+
+    folder, stem = VARIANTS[variant]
+    out = Path(root) / folder
+    out.mkdir(parents=True, exist_ok=True)
+    if shape_names is not None and list(shape_names) != SCANOBJECTNN_CLASSES:
+        write_names(out / "shape_names.txt", shape_names)
+    path = h5_path(out, split, stem)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("data", data=np.asarray(clouds, dtype=np.float32))
+        f.create_dataset("label", data=np.asarray(labels, dtype=np.int64))
+    return path

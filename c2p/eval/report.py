@@ -39,7 +39,7 @@ def confusion_matrix(pred: Tensor, labels: Tensor, num_classes: int) -> np.ndarr
 def classification_metrics(logits: Tensor, labels: Tensor, classes: list[str]) -> tuple[dict, np.ndarray]:
     """logits: [N,C] float, labels: [N] long → (metrics, confusion [C,C]).
 
-    metrics: ``top1``, ``top5`` (top-min(5,C)), ``mean_class_acc`` (mean over the classes that occur
+    metrics: ``top1``, ``top3`` (top-min(3,C)), ``top5`` (top-min(5,C)), ``mean_class_acc`` (mean over the classes that occur
     in ``labels``), ``per_class_acc`` (name → accuracy, None for a class without samples), ``n``.
     Accuracies are fractions in [0, 1].
     """
@@ -51,13 +51,16 @@ def classification_metrics(logits: Tensor, labels: Tensor, classes: list[str]) -
     topk = logits.topk(k, dim=1).indices
     pred = topk[:, 0]
     top1 = (pred == labels).float().mean().item()
-    top5 = (topk == labels[:, None]).any(dim=1).float().mean().item()
+    hit = topk == labels[:, None]
+    top5 = hit.any(dim=1).float().mean().item()
+    top3 = hit[:, :3].any(dim=1).float().mean().item()
     cm = confusion_matrix(pred, labels, len(classes))
     support = cm.sum(axis=1)
     per_class = {c: (float(cm[i, i] / support[i]) if support[i] else None) for i, c in enumerate(classes)}
     present = [v for v in per_class.values() if v is not None]
     metrics = {
         "top1": top1,
+        "top3": top3,
         "top5": top5,
         "top5_k": k,
         "mean_class_acc": float(np.mean(present)),

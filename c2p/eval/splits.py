@@ -66,24 +66,22 @@ def check_classes(expected: list[str], corpus_labels: list[str], where: str) -> 
     return [expected.index(c) for c in corpus_labels]
 
 
-def object_points(record, n: int) -> np.ndarray:
-    """[n,3] float32 points of an ObjectRecord: its stored points, or sampled from its mesh.
+def object_points(record, n: int, sampling: str = "random", seed: int = 0) -> np.ndarray:
+    """[n,3] float32 points of an ObjectRecord: its stored points taken by ``sampling``
+    (random | first | fps, :func:`c2p.eval.sampling.sample_indices`), or sampled from its mesh.
 
-    The generator is seeded from the uid (crc32, not Python's salted hash) so the same object
-    always gives the same points, and the feature cache stays valid across processes.
+    The generator is seeded from the uid (crc32, not Python's salted hash) and ``seed`` so the
+    same object always gives the same points, and the feature cache stays valid across processes.
     """
+    from c2p.eval.sampling import sample_indices
     from c2p.geometry import mesh_triangles, sample_surface
 
-    gen = torch.Generator().manual_seed(zlib.crc32(record.ref.uid.encode()))
+    gen = torch.Generator().manual_seed(zlib.crc32(record.ref.uid.encode()) + (seed << 32))
     if record.points is not None:
         pts = torch.as_tensor(np.asarray(record.points, dtype=np.float32))
         if pts.dim() != 2 or pts.shape[1] != 3 or pts.shape[0] == 0:
             raise EvalError(f"object {record.ref.uid}: points of shape {list(pts.shape)}; expected [N>0, 3]")
-        if pts.shape[0] >= n:
-            idx = torch.randperm(pts.shape[0], generator=gen)[:n]
-        else:  # fewer stored points than asked: repeat some (a renderer splat does not care)
-            idx = torch.cat([torch.arange(pts.shape[0]), torch.randint(pts.shape[0], (n - pts.shape[0],), generator=gen)])
-        return pts[idx].numpy()
+        return pts[sample_indices(pts, n, sampling, gen)].numpy()
     mesh = record.mesh
     if mesh is None:
         raise EvalError(f"object {record.ref.uid}: neither points nor a mesh")
@@ -103,9 +101,9 @@ def load_split(cfg: EvalDataConfig, split: str) -> Split:
     """
     from c2p.corpora import ErrorRecord, open_corpus
 
-    corpus = open_corpus(cfg.corpus, cfg.root, split=split)
+    corpus = open_corpus(cfg.corpus, cfg.root, split=split, **({"variant": cfg.variant} if cfg.variant else {}))
     where = f"corpus {cfg.corpus!r} at {cfg.root} split {split!r}"
-    if getattr(corpus, "up_axis", "y") == "z" and not cfg.rotate_zup:
+    if getattr(corpus, "up_axis", "y") == "z" and not (cfg.rotate_zup or cfg.swap_yz):
         log.warning("%s stores z-up geometry but data.rotate_zup is false: the depth views expect y-up", where)
     labels = list(corpus.labels)
     remap = check_classes(list(cfg.classes), labels, where)
@@ -118,7 +116,7 @@ def load_split(cfg: EvalDataConfig, split: str) -> Split:
             errors.append((rec.uid, rec.reason))
             continue
         try:
-            pts = object_points(rec, cfg.points)
+            pts = object_points(rec, cfg.points, cfg.sampling, cfg.sampling_seed)
         except Exception as e:  # one broken object must not end the evaluation
             errors.append((rec.ref.uid, f"{type(e).__name__}: {e}"))
             continue
@@ -141,6 +139,8 @@ def load_split(cfg: EvalDataConfig, split: str) -> Split:
         from c2p.camera import rotate_zup_to_yup
 
         pts = rotate_zup_to_yup(pts)
+    if cfg.swap_yz:  # OpenShape's convention: a column swap (a reflection), not a rotation
+        pts = pts[..., [0, 2, 1]]
     return Split(cfg.corpus, split, pts.float().contiguous(), torch.tensor(ys, dtype=torch.long), classes, uids, errors)
 
 

@@ -25,9 +25,9 @@ from c2p.eval.errors import EvalError
 from c2p.eval.features import ViewFeatureCache, ViewSetting, cache_dir, encode_views, module_hash
 from c2p.eval.report import classification_metrics, eval_dir, write_report
 from c2p.eval.splits import Split, load_split
-from c2p.eval.towers import build_towers, resolve_device, view_setting
+from c2p.eval.towers import Towers, build_towers, resolve_device, view_setting
 
-__all__ = ["zeroshot_logits", "prompt_names", "classify_zeroshot", "evaluate_zeroshot"]
+__all__ = ["zeroshot_logits", "prompt_names", "classify_zeroshot", "evaluate_zeroshot", "PromptLog"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,19 @@ def zeroshot_logits(view_features: Tensor, text_features: Tensor) -> Tensor:
 def prompt_names(classes: list[str]) -> list[str]:
     """Class names as they go into a prompt: ``"night_stand"`` → ``"night stand"``."""
     return [c.replace("_", " ") for c in classes]
+
+
+class PromptLog:
+    """A tokenizer that records every prompt it tokenises (``prompts``), so a report can show
+    the prompts that actually reached the text tower, not the ones a config meant."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.prompts: list[str] = []
+
+    def __call__(self, texts, *args, **kwargs):
+        self.prompts += [texts] if isinstance(texts, str) else list(texts)
+        return self.tokenizer(texts, *args, **kwargs)
 
 
 def classify_zeroshot(
@@ -69,25 +82,31 @@ def classify_zeroshot(
     return zeroshot_logits(feats, text_features.cpu())
 
 
-def evaluate_zeroshot(cfg: DownstreamConfig, *, visual: nn.Module | None = None, text_features: Tensor | None = None) -> dict:
+def evaluate_zeroshot(cfg: DownstreamConfig, *, visual: nn.Module | None = None, text_features: Tensor | None = None,
+                      towers: Towers | None = None) -> dict:
     """Zero-shot evaluation of ``cfg.data.test_split``; writes the report to ``<run>/eval/zeroshot/``.
 
     The visual tower is the exported depth tower (``encoder.depth_tower``) or, when none is
     set, CLIP's image tower (the PointCLIP-style baseline). ``visual`` and ``text_features``
     ([C,D], classes in split order) replace the towers built from ``cfg.encoder`` (then
-    ``encoder.image_size`` must be set). Returns the results dict (also in results.json).
+    ``encoder.image_size`` must be set); ``towers`` replaces only the building (its tokenizer and
+    text tower still turn ``encoder.templates`` into text features). Returns the results dict
+    (also in results.json), with ``prompts`` as tokenised and ``points_per_object`` as rendered.
     """
     t0 = time.perf_counter()
     device = resolve_device(cfg.encoder.device)
     split = load_split(cfg.data, cfg.data.test_split)
+    prompts: list[str] = []
     if visual is not None and text_features is not None:
         setting = view_setting(cfg.encoder)
         encoder_name, ckpt_hash, clip_hash = "given", module_hash(visual), ""
     elif visual is None and text_features is None:
-        towers = build_towers(cfg.encoder, seed=cfg.run.seed, device=device)
+        towers = towers if towers is not None else build_towers(cfg.encoder, seed=cfg.run.seed, device=device)
         from c2p.models.clip import encode_text
 
-        text_features = encode_text(towers.model, towers.tokenizer, prompt_names(split.classes), cfg.encoder.templates)
+        tokenizer = PromptLog(towers.tokenizer)
+        text_features = encode_text(towers.model, tokenizer, prompt_names(split.classes), cfg.encoder.templates)
+        prompts = tokenizer.prompts
         visual = towers.depth_visual if towers.depth_visual is not None else towers.clip_visual
         encoder_name = "depth_tower" if towers.depth_visual is not None else "clip_visual"
         setting = view_setting(cfg.encoder, towers.model)
@@ -107,6 +126,8 @@ def evaluate_zeroshot(cfg: DownstreamConfig, *, visual: nn.Module | None = None,
         "views": setting.views,
         "image_size": setting.image_size,
         "templates": list(cfg.encoder.templates),
+        "points_per_object": int(split.points.shape[1]),  # as rendered: [N,P,3] after sampling
+        "prompts": prompts,  # as tokenised (empty when text features were given)
         "metrics": metrics,
         "skipped_objects": len(split.errors),
         "checkpoint_hash": ckpt_hash,

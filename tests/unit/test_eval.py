@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from testdata import downstream_config, write_modelnet_shapes
-from torch import nn
+from testdata import CoverageTower, downstream_config, write_modelnet_shapes
 
 from c2p.eval.errors import EvalError
 from c2p.eval.features import ViewFeatureCache, ViewSetting
@@ -27,26 +26,6 @@ ZS_TINY, FS_TINY = str(REPO / "configs/downstream/zeroshot_tiny.yaml"), str(REPO
 
 
 # ----------------------------------------------------------------------------- fixtures
-
-
-class CoverageTower(nn.Module):
-    """A visual tower whose output is known: feature = [covered fraction of the image, 0.3].
-
-    A pixel is covered when its first channel is below the background value: the depth
-    normaliser maps covered pixels into [0, 200/255] and the background to 1.0 before CLIP's
-    mean/std.
-    """
-
-    def __init__(self):
-        super().__init__()
-        from c2p.imagenorm import CLIP_MEAN, CLIP_STD
-
-        self.background = (1.0 - float(CLIP_MEAN[0])) / float(CLIP_STD[0])
-        self.dummy = nn.Parameter(torch.zeros(1))  # so module_hash / .to() have state
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        covered = (images[:, 0] < self.background - 1e-3).float().mean(dim=(1, 2))
-        return torch.stack([covered, torch.full_like(covered, 0.3)], dim=1) + 0 * self.dummy
 
 
 # ----------------------------------------------------------------------------- zero-shot
