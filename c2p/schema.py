@@ -239,9 +239,14 @@ class ShardIndex:
         path = ShardDir(root).index
         if not path.is_file():
             raise FileNotFoundError(f"shard index {path} does not exist; expected a directory written by the render job (c2p-render)")
-        d = json.loads(path.read_text())
+        return cls.from_json(path.read_bytes(), str(path))
+
+    @classmethod
+    def from_json(cls, data: bytes | str, where: str) -> "ShardIndex":
+        """Parse the text of an ``index.json`` read from ``where`` (a path or an address, for errors)."""
+        d = json.loads(data)
         if d.get("schema_version") != SCHEMA_VERSION:
-            raise ValueError(f"{path}: schema_version {d.get('schema_version')!r}; expected {SCHEMA_VERSION}")
+            raise ValueError(f"{where}: schema_version {d.get('schema_version')!r}; expected {SCHEMA_VERSION}")
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 

@@ -1,5 +1,7 @@
 """Shared fixtures. ``slurm_cluster``: a real single-node SLURM on this machine (``.ci/slurm.sh``),
-started once per session for the tests that ask for it and stopped afterwards.
+started once per session for the tests that ask for it and stopped afterwards. ``s3_server``: a
+real S3-compatible server (SeaweedFS, ``tests/s3server.py``) on 127.0.0.1, with this process's
+AWS_* variables pointing at it for the session.
 
 The fixture does not export SLURM_CONF into this process's environment (that would switch
 the default ``--cluster`` of every launcher run later in the session to slurm); tests pass
@@ -54,3 +56,20 @@ def tiny_shards(tmp_path_factory) -> Path:
                              views=[[0.0, 0.0, 1.0]], imgfeat={"tiny": rng.standard_normal((1, 64)).astype(np.float32)})
                for i in range(s, n, 2)] for s in range(2)]
     return write_shard_dir(tmp_path_factory.mktemp("launch-shards") / "blobs", shards, corpus="blobs", labels=[f"c{j}" for j in range(4)])
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A running SeaweedFS S3 server; this process's AWS_* environment points at it while the session lasts."""
+    from s3server import SeaweedS3
+
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweed") / "data").start()
+    saved = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)
+    yield server
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

@@ -27,12 +27,13 @@ from typing import Callable, Iterable, Iterator
 
 from webdataset.tariterators import group_by_keys
 
+from c2p import storage
 from c2p.data.tarmembers import iter_members
 
 log = logging.getLogger(__name__)
 
 # Counters that add up across workers and restarts (see ReadStats.take_delta).
-COUNTERS = ("shards_opened", "corrupt_shards", "samples_read", "skipped_samples", "samples")
+COUNTERS = ("shards_opened", "corrupt_shards", "samples_read", "skipped_samples", "samples", "read_retries")
 
 
 @dataclass
@@ -41,7 +42,9 @@ class ReadStats:
 
     ``corrupt_shards``: shard reads that failed (missing since start, not a tar, truncated);
     ``skipped_samples``: samples dropped for missing or undecodable members;
-    ``samples_read``: raw samples out of the tars; ``samples``: samples delivered.
+    ``samples_read``: raw samples out of the tars; ``samples``: samples delivered;
+    ``read_retries``: reads of object-store shards resumed after a dropped connection or a
+    transient server error (a shard that still fails after its retries is a corrupt shard).
     """
 
     shards_opened: int = 0
@@ -49,6 +52,7 @@ class ReadStats:
     samples_read: int = 0
     skipped_samples: int = 0
     samples: int = 0
+    read_retries: int = 0
     last_error: str = ""
 
     def corrupt(self, url: str, exn: BaseException) -> None:
@@ -99,6 +103,7 @@ def read_samples(
                     yield file
             except Exception as exn:  # any read failure is the shard's fault: count it, go on
                 stats.corrupt(url, exn)
+            stats.read_retries += storage.take_retries()
             # End-of-shard marker: group_by_keys flushes the shard's last sample (a truncated
             # shard's last sample may lack members; decoding then skips and counts it).
             yield {}

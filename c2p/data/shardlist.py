@@ -5,6 +5,10 @@ whose ``shards`` table lists the tar files and their sample counts) or a brace p
 tar files (``/data/sn/shard-{000000..000127}.tar``), WebDataset style. A pattern's sample
 counts come from the ``index.json`` beside the tars when there is one.
 
+Either can be an ``s3://bucket/prefix`` address instead of a local path (:mod:`c2p.storage`):
+``index.json`` is read with one GET and the tars' existence checked with one listing of the
+prefix, not one request per tar.
+
 Every tar an entry names must exist when the stream is built: a typo in a path fails at
 start, naming the path, instead of hours later as a silently skipped shard.
 """
@@ -17,6 +21,7 @@ from pathlib import Path
 
 import braceexpand
 
+from c2p import storage
 from c2p.schema import INDEX_NAME, ShardIndex
 
 
@@ -52,6 +57,8 @@ def resolve_shards(spec: str) -> ShardSource:
     A directory must hold ``index.json`` (and every tar it lists); a pattern must expand
     to existing files.
     """
+    if storage.is_remote(spec):
+        return _resolve_remote(spec)
     path = Path(os.path.expanduser(spec))
     if path.is_dir():
         index = ShardIndex.load(path)  # FileNotFoundError naming <dir>/index.json
@@ -73,6 +80,34 @@ def resolve_shards(spec: str) -> ShardSource:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise FileNotFoundError(f"shard {missing[0]} of data.shards entry {spec!r} does not exist{more}")
     return ShardSource(spec=spec, corpus=corpus, urls=tuple(urls), sizes=sizes, labels=labels)
+
+
+def _resolve_remote(spec: str) -> ShardSource:
+    """:func:`resolve_shards` of an ``s3://`` prefix (holding ``index.json``) or tar pattern."""
+    if spec.endswith(".tar") or "{" in spec:
+        urls = sorted(braceexpand.braceexpand(spec))
+        prefix = urls[0].rsplit("/", 1)[0]
+    else:
+        prefix, urls = spec.rstrip("/"), []
+    present = storage.list_names(prefix)  # one listing; raises StorageError naming the prefix
+    index = None
+    if INDEX_NAME in present:
+        index = ShardIndex.from_json(storage.read_bytes(storage.join(prefix, INDEX_NAME)), storage.join(prefix, INDEX_NAME))
+    if not urls:
+        if index is None:
+            raise FileNotFoundError(f"shard index {storage.join(prefix, INDEX_NAME)} does not exist; expected a prefix written "
+                                    "by the render job (c2p-render --out s3://...)")
+        if not index.shards:
+            raise ValueError(f"shard prefix {prefix}: index.json lists no shards; expected at least one tar")
+        urls = [storage.join(prefix, name) for name in sorted(index.shards)]
+    names = [u.rsplit("/", 1)[1] for u in urls]
+    missing = [u for u, n in zip(urls, names) if n not in present]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise FileNotFoundError(f"shard {missing[0]} of data.shards entry {spec!r} does not exist{more}")
+    sizes = tuple(index.shards.get(n) if index else None for n in names)
+    corpus = index.corpus if index else prefix.rsplit("/", 1)[-1]
+    return ShardSource(spec=spec, corpus=corpus, urls=tuple(urls), sizes=sizes, labels=tuple(index.labels) if index else ())
 
 
 def epoch_samples(shards: list[str]) -> int:

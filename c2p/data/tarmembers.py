@@ -12,8 +12,11 @@ blocks): a shard cut short raises ``tarfile.ReadError``, as does a garbled heade
 
 from __future__ import annotations
 
+import io
 import tarfile
 from typing import Callable, Iterator
+
+from c2p import storage
 
 BLOCK = 512
 _COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
@@ -23,15 +26,36 @@ _REGULAR = (b"0", b"\x00", b"7")
 def iter_members(url: str, select: Callable[[str], bool] | None = None) -> Iterator[tuple[str, bytes]]:
     """``(name, data)`` of each regular member of the tar at ``url`` whose name ``select`` accepts.
 
-    Raises ``tarfile.ReadError`` (not a tar, bad checksum, truncated) or ``OSError``.
+    ``url``: a path or an ``s3://`` address (read as one sequential stream that resumes after
+    a dropped connection: :mod:`c2p.storage`). Raises ``tarfile.ReadError`` (not a tar, bad
+    checksum, truncated) or ``OSError`` (``c2p.storage.StorageError`` after the retries).
     """
-    with open(url, "rb") as f:
+    with storage.open_binary(url) as f:
         magic = f.read(6)
-        f.seek(0)
         if magic.startswith(_COMPRESSED_MAGIC):
-            yield from _tarfile_members(url, select)
+            # Foreign compressed tars only (c2p writes plain ones): tarfile needs to seek back.
+            data = magic + f.read() if storage.is_remote(url) else None
+            yield from _tarfile_members(io.BytesIO(data) if data is not None else url, select)
         else:
-            yield from _ustar_members(f, select)
+            yield from _ustar_members(_Rewound(f, magic), select)
+
+
+class _Rewound:
+    """``f`` with ``head`` (bytes already read from its start) put back in front: a stream is not
+    re-opened to look at its first bytes twice."""
+
+    def __init__(self, f, head: bytes):
+        self.f, self.head = f, head
+
+    def read(self, n: int) -> bytes:
+        if not self.head:
+            return self.f.read(n)
+        take, self.head = self.head[:n], self.head[n:]
+        return take + (self.f.read(n - len(take)) if n > len(take) else b"")
+
+    def seek(self, offset: int, whence: int) -> None:
+        assert whence == 1 and not self.head, "only relative seeks after the first header"
+        self.f.seek(offset, whence)
 
 
 def _octal(field: bytes, what: str, offset: int) -> int:
@@ -103,8 +127,9 @@ def _ustar_members(f, select: Callable[[str], bool] | None) -> Iterator[tuple[st
         offset += padded
 
 
-def _tarfile_members(url: str, select: Callable[[str], bool] | None) -> Iterator[tuple[str, bytes]]:
-    with tarfile.open(url, mode="r:*") as tar:
+def _tarfile_members(source, select: Callable[[str], bool] | None) -> Iterator[tuple[str, bytes]]:
+    opened = tarfile.open(fileobj=source, mode="r:*") if isinstance(source, io.BytesIO) else tarfile.open(source, mode="r:*")
+    with opened as tar:
         while (info := tar.next()) is not None:
             tar.members = []  # never looked back at: keep memory flat on big shards
             if not info.isreg() or info.name.startswith("__") or (select is not None and not select(info.name)):

@@ -128,7 +128,7 @@ class _StepClock:
 
 
 _MEAN_KEYS = ("loss", "loss_cross", "loss_intra", "w", "retrieval_top1", "batch_classes")
-_COUNT_KEYS = ("skipped_samples", "corrupt_shards")
+_COUNT_KEYS = ("skipped_samples", "corrupt_shards", "read_retries")
 
 
 def _step_metrics(out: dict, batch: dict, stream, device: torch.device, world: int) -> dict:

