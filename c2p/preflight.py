@@ -44,12 +44,11 @@ _ZIP_TAIL = 22 + 65535  # end-of-central-directory record + the longest zip comm
 
 def _one_line(e: BaseException, limit: int = 300) -> str:
     """``Type: message`` on one line, cut at ``limit`` characters; of torch's long weights-only
-    refusal, the sentence that says what the file holds (e.g. ``Unsupported global: GLOBAL posix.system``)."""
+    refusal, the sentence that says what the file holds (e.g. ``Trying to load unsupported GLOBAL posix.system``)."""
     text = " ".join(str(e).split())
-    for marker in ("Unsupported global:", "Unsupported operand"):
-        if marker in text:
-            text = "refused to run code from the file: " + text[text.index(marker):].split(" was not an allowed", 1)[0]
-            break
+    if text.startswith("Weights only load failed"):  # torch's advice on weights_only=False is not ours to give
+        found = [s.strip() for s in text.split(". ") if "GLOBAL" in s or "Unsupported" in s]
+        text = "refused to run code from the file: " + (found[0] if found else text)
     return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
 
 
@@ -112,10 +111,11 @@ def check_weights(key: str, path: str, model_name: str, model: "nn.Module | None
         raise ConfigError(key, path, f"weights of CLIP model {model_name!r} (this file does not fit it: {detail[:600]})") from e
 
 
-def check_shards(data: "DataConfig", *, world_size: int) -> None:
+def check_shards(data: "DataConfig", *, world_size: int) -> list:
     """Every ``data.shards`` entry resolves (a directory whose ``index.json`` is readable and whose
     tars all exist, or a pattern of existing tars) and, for finite passes (``data.resampled=false``),
-    has a shard for every reader lane of the job (world size x workers)."""
+    has a shard for every reader lane of the job (world size x workers). Returns the resolved
+    :class:`~c2p.data.shardlist.ShardSource` of each entry."""
     from c2p.data.shardlist import check_finite_passes, resolve_shards
 
     sources = []
@@ -127,6 +127,7 @@ def check_shards(data: "DataConfig", *, world_size: int) -> None:
                                                          f"or a pattern of existing .tar files ({_one_line(e)})") from e
     if not data.resampled:
         check_finite_passes(sources, world_size=world_size, workers=data.workers)
+    return sources
 
 
 def check_output_dir(key: str, path: str) -> None:
@@ -162,7 +163,11 @@ def check_pretrain(cfg: "PretrainConfig", *, nodes: int, tasks_per_node: int, gp
         raise ConfigError("train.backend", "nccl", "gloo or auto when no GPUs are requested (--gpus-per-node 0)")
     if cfg.train.precision == "bf16" and not gpus_per_node:
         raise ConfigError("train.precision", "bf16", "fp32 or auto on CPU ranks (--gpus-per-node 0)")
-    check_shards(cfg.data, world_size=world)
+    sources = check_shards(cfg.data, world_size=world)
+    uncounted = [s.spec for s in sources if s.num_samples is None]
+    if not cfg.train.epoch_samples and uncounted:  # the lr schedule's epoch length comes from index.json counts
+        raise ConfigError("train.epoch_samples", 0, f"the samples in one epoch, as data.shards entry {uncounted[0]!r} "
+                                                    "has no index.json with sample counts beside its tars")
     model = check_model("model.name", cfg.model.name)
     side = image_size(model)
     if cfg.depth.image_size != side:

@@ -73,7 +73,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
 
 def _pretrain(files, tmp_path, capsys, *overrides: str, shards: Path | None = None) -> tuple[int, str]:
     argv = ["--config", str(TINY), "--cluster", "local", "--tasks-per-node", "1", "data.imgfeat_tag=tiny",
-            f"data.shards=[{shards or files['shards']}]", f"run.dir={tmp_path / 'runs'}", "run.name=r", "train.batch_size=8", *overrides]
+            f"data.shards=['{shards or files['shards']}']", f"run.dir={tmp_path / 'runs'}", "run.name=r", "train.batch_size=8", *overrides]
     rc = pretrain.main(argv)
     return rc, capsys.readouterr().err
 
@@ -123,6 +123,17 @@ def test_pretrain_refuses_too_few_shards_for_finite_passes(files, tmp_path, caps
     rc, err = _pretrain(files, tmp_path, capsys, "data.resampled=false", "data.workers=2", shards=files["one"])
     assert rc == 2 and "config key 'data.resampled'" in err and "1 x 2 = 2 shards per corpus" in err, err
     assert not (tmp_path / "runs").exists()
+
+
+def test_pretrain_refuses_a_pattern_without_counts_unless_the_epoch_is_given(files, tmp_path, capsys):
+    bare = shutil.copytree(files["shards"], tmp_path / "bare")
+    (bare / "index.json").unlink()
+    pattern = str(bare / "shard-{000000..000001}.tar")
+    rc, err = _pretrain(files, tmp_path, capsys, shards=Path(pattern))
+    assert rc == 2 and "config key 'train.epoch_samples'" in err and pattern in err, err
+    rc, err = _pretrain(files, tmp_path, capsys, "train.epoch_samples=8", "--dry-run", shards=Path(pattern))
+    assert rc == 0, err
+    assert not (tmp_path / "runs").exists()  # a dry run writes nothing either
 
 
 def test_good_inputs_pass(files, tmp_path):
