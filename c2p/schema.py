@@ -235,18 +235,35 @@ class ShardIndex:
     @classmethod
     def load(cls, root: str | Path) -> "ShardIndex":
         """The ``index.json`` of shard directory ``root``; raises FileNotFoundError, or ValueError
-        for another schema version."""
+        naming the file and the field for another schema version, a file that is not JSON, or
+        a field of the wrong type (a hand-edited or foreign index)."""
         path = ShardDir(root).index
         if not path.is_file():
             raise FileNotFoundError(f"shard index {path} does not exist; expected a directory written by the render job (c2p-render)")
         return cls.from_json(path.read_bytes(), str(path))
 
     @classmethod
-    def from_json(cls, data: bytes | str, where: str) -> "ShardIndex":
-        """Parse the text of an ``index.json`` read from ``where`` (a path or an address, for errors)."""
-        d = json.loads(data)
+    def from_json(cls, data: bytes | str, path: str) -> "ShardIndex":
+        """Parse the text of an ``index.json`` read from ``path`` (a file or an ``s3://`` address, named in errors)."""
+        try:
+            d = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"shard index {path} is not JSON ({e}); expected the index.json the render job writes") from e
+        if not isinstance(d, dict):
+            raise ValueError(f"shard index {path} holds a {type(d).__name__}; expected a JSON object")
         if d.get("schema_version") != SCHEMA_VERSION:
-            raise ValueError(f"{where}: schema_version {d.get('schema_version')!r}; expected {SCHEMA_VERSION}")
+            raise ValueError(f"{path}: schema_version {d.get('schema_version')!r}; expected {SCHEMA_VERSION}")
+        expected = {"corpus": (str, "a string"), "settings": (dict, "an object"), "labels": (list, "a list of strings"),
+                    "shards": (dict, "an object of tar name -> sample count")}
+        for name, (kind, what) in expected.items():
+            if name not in d and name != "shards":
+                raise ValueError(f"shard index {path} has no {name!r}; expected {what}")
+            if name in d and not isinstance(d[name], kind):
+                raise ValueError(f"shard index {path}: {name} is {d[name]!r:.80}; expected {what}")
+        bad = [(k, v) for k, v in d.get("shards", {}).items() if isinstance(v, bool) or not isinstance(v, int) or v < 0]
+        if bad or not all(isinstance(x, str) for x in d["labels"]):
+            what = f"shards[{bad[0][0]!r}] is {bad[0][1]!r}" if bad else f"labels is {d['labels']!r:.80}"
+            raise ValueError(f"shard index {path}: {what}; expected sample counts >= 0 and label strings")
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 

@@ -51,9 +51,10 @@ def run_flags(run: str | None) -> list[str]:
 
 
 def check_inputs(cfg: DownstreamConfig) -> None:
-    """Files the job will read must exist before anything is submitted."""
+    """Files the job will read must exist, and the weights load and fit the model, before anything
+    is written or submitted (:func:`c2p.preflight.check_encoder`)."""
+    from c2p.preflight import check_encoder
+
     if not Path(cfg.data.root).exists():
         raise ConfigError("data.root", cfg.data.root, "an existing corpus directory")
-    for key, value in (("encoder.depth_tower", cfg.encoder.depth_tower), ("encoder.pretrained", cfg.encoder.pretrained)):
-        if value and not Path(value).is_file():
-            raise ConfigError(key, value, "an existing local weights file")
+    check_encoder(cfg.encoder)

@@ -6,8 +6,10 @@
     c2p-pretrain ... --dry-run      # print the sbatch script and the resolved config
 
 Order of events (nothing is written before the config and the request passed their checks):
-the config is loaded and validated (``key=value`` overrides, paths made absolute, shards and
-weights checked to exist, the global batch checked to split over nodes x tasks x grad_accum);
+the config is loaded and validated (``key=value`` overrides, paths made absolute); what the
+ranks would read is checked (:func:`c2p.preflight.check_pretrain`: shards and their index,
+the model name, the weights file loaded with ``weights_only`` and fitted to the model, image
+sizes, the batch split over nodes x tasks x grad_accum, an explicit ``checkpoint.resume``);
 the resource request is checked against the cluster (partition, node sizes, ``sbatch
 --test-only``); ``<run.dir>/<run.name>/config.yaml`` is written; the job is submitted and its
 id, log paths and the commands to follow or cancel it are printed. Each rank maps the
@@ -31,9 +33,9 @@ from typing import Sequence
 
 from c2p.cli.base import command_parser, print_result, run_command
 from c2p.cluster import ClusterOptions, add_cluster_args, launch
-from c2p.config import ConfigError, load_config, to_yaml
+from c2p.config import load_config, to_yaml
 from c2p.config.pretrain import PretrainConfig
-from c2p.sharddir import ShardDir
+from c2p.preflight import check_pretrain
 
 TARGET = "c2p.train.pretrain:run"
 
@@ -44,15 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _expand_shards(entry: str) -> list[Path]:
-    """A shard entry → the files/directories it names (brace patterns expanded)."""
-    if "{" in entry:
-        import braceexpand  # webdataset's own dependency, the same expansion its reader uses
-
-        return [Path(p) for p in braceexpand.braceexpand(entry)]
-    return [Path(entry)]
-
-
 def resolve_paths(cfg: PretrainConfig) -> PretrainConfig:
     """Paths made absolute, so that jobs find them whatever their working directory."""
     absolute = lambda p: str(Path(p).expanduser().absolute()) if p else p  # noqa: E731
@@ -61,37 +54,16 @@ def resolve_paths(cfg: PretrainConfig) -> PretrainConfig:
         run=dataclasses.replace(cfg.run, dir=absolute(cfg.run.dir)),
         data=dataclasses.replace(cfg.data, shards=[absolute(s) for s in cfg.data.shards]),
         model=dataclasses.replace(cfg.model, pretrained=absolute(cfg.model.pretrained)),
+        checkpoint=dataclasses.replace(cfg.checkpoint, resume=cfg.checkpoint.resume if cfg.checkpoint.resume in ("auto", "none")
+                                       else absolute(cfg.checkpoint.resume)),
     )
-
-
-def check_inputs(cfg: PretrainConfig, opts: ClusterOptions) -> None:
-    """What the config alone cannot know: inputs exist, the batch splits over this world size."""
-    for i, entry in enumerate(cfg.data.shards):
-        for path in _expand_shards(entry):
-            if path.is_dir():
-                index = ShardDir(path).index
-                if not index.is_file():
-                    raise ConfigError(f"data.shards[{i}]", entry, f"a shard directory holding {index.name} ({index} is missing)")
-            elif not path.is_file():
-                raise ConfigError(f"data.shards[{i}]", entry, f"an existing shard directory or .tar files ({path} does not exist)")
-    if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():
-        raise ConfigError("model.pretrained", cfg.model.pretrained, "an existing local weights file (or empty for random init)")
-    per_step = opts.world_size * cfg.train.grad_accum
-    if cfg.train.batch_size % per_step:
-        raise ConfigError(
-            "train.batch_size", cfg.train.batch_size,
-            f"a multiple of nodes x tasks-per-node x train.grad_accum = {opts.nodes} x {opts.tasks_per_node} x {cfg.train.grad_accum} = {per_step}",
-        )
-    if cfg.train.backend == "nccl" and not opts.gpus_per_node:
-        raise ConfigError("train.backend", "nccl", "gloo or auto when no GPUs are requested (--gpus-per-node 0)")
-    if cfg.train.precision == "bf16" and not opts.gpus_per_node:
-        raise ConfigError("train.precision", "bf16", "fp32 or auto on CPU ranks (--gpus-per-node 0)")
 
 
 def body(args: argparse.Namespace) -> int:
     cfg = resolve_paths(load_config(PretrainConfig, args.config, args.overrides))
     opts = ClusterOptions.from_args(args)
-    check_inputs(cfg, opts)
+    # everything the ranks would read, checked here: a refusal leaves no run directory behind
+    check_pretrain(cfg, nodes=opts.nodes, tasks_per_node=opts.tasks_per_node, gpus_per_node=opts.gpus_per_node)
     run_dir = Path(cfg.run.dir) / cfg.run.name
     print_result(launch(TARGET, cfg, opts, run_dir, config_text=to_yaml(cfg), dry_run=args.dry_run, wait_for_result=args.wait))
     return 0

@@ -26,6 +26,7 @@ from c2p.cluster import ClusterOptions, add_cluster_args, run_ray_in_slurm
 from c2p.config.core import ConfigError, describe, load_config
 from c2p.config.render import RenderJobConfig
 from c2p.corpora import CorpusError
+from c2p.preflight import check_render
 from c2p.shards import PlanMismatch, format_summary, run_render_job
 
 TARGET = "c2p.shards.job:run_render_job"
@@ -74,6 +75,7 @@ def build_config(args: argparse.Namespace) -> RenderJobConfig:
 
 def body(args: argparse.Namespace) -> int:
     cfg = build_config(args)
+    check_render(cfg)  # the output can be written, the feature weights load: before plan.json exists
     if args.cluster == "slurm":  # Ray head + workers inside one SLURM job, stopped afterwards
         out = Path(cfg.out).absolute()
         summary = run_ray_in_slurm(TARGET, cfg, ClusterOptions.from_args(args), out.parent / f"{out.name}.slurm", dry_run=args.dry_run)

@@ -34,6 +34,7 @@ logs. Array elements are requeued independently.
 from __future__ import annotations
 
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -170,7 +171,19 @@ def _finished(job: Any) -> bool:
 
 
 def _state_of(job: Any) -> str:
-    return job.state if _is_local(job) else slurm_state(job.job_id)
+    """How the job ended, in words for a person: SLURM's state, or, for a local job (which has no
+    scheduler, so no SLURM state), how its controller process ended."""
+    if not _is_local(job):
+        return f"SLURM state {slurm_state(job.job_id)}"
+    process = getattr(job, "_process", None)  # submitit's Popen of the local controller
+    code = process.poll() if process is not None else None
+    if process is None:
+        return f"local job {job.job_id}, not started by this process: {job.state.lower()}"
+    if code is None:
+        return f"local job {job.job_id} still running"
+    if code < 0:
+        return f"local job {job.job_id}: its controller was killed by {signal.Signals(-code).name}"
+    return f"local job {job.job_id}: its processes have exited (controller exit status {code})"
 
 
 def wait(jobs: Sequence[Any], timeout_s: float | None = None, poll_s: float = 2.0) -> None:
@@ -201,7 +214,7 @@ def collect(jobs: Sequence[Any], timeout_s: float | None = None) -> list[Any]:
         for t in tasks:
             if not t.paths.result_pickle.exists():
                 tail = t.stderr() or ""
-                errors.append(f"task {t.task_id} ended without a result (SLURM state {_state_of(job)}); stderr ends:\n{tail.strip()[-1500:]}")
+                errors.append(f"task {t.task_id} ended without a result ({_state_of(job)}); stderr ends:\n{tail.strip()[-1500:]}")
                 continue
             try:
                 value = t.result()

@@ -45,6 +45,7 @@ def _yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 __all__ = [
+    "COMMAND_LINE",
     "ConfigError",
     "option",
     "load_config",
@@ -58,12 +59,17 @@ __all__ = [
 ]
 
 
+# The source of a value given as a ``key=value`` override (or a command's flag), not read from a file.
+COMMAND_LINE = "the command line"
+
+
 class ConfigError(ValueError):
-    """A config key or value that is not allowed. ``key`` is the dotted path."""
+    """A config key or value that is not allowed. ``key`` is the dotted path; ``source`` the YAML
+    file the value came from, or :data:`COMMAND_LINE`."""
 
     def __init__(self, key: str, value: Any, expected: str, source: str | None = None):
         self.key, self.value, self.expected, self.source = key, value, expected, source
-        where = f" (in {source})" if source else ""
+        where = " (on the command line)" if source == COMMAND_LINE else f" (in {source})" if source else ""
         super().__init__(f"config key '{key}'{where}: got {value!r}; expected {expected}")
 
 
@@ -253,11 +259,11 @@ def parse_overrides(overrides: typing.Iterable[str]) -> dict:
     out: dict = {}
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(item, item, "an override of the form key=value (e.g. train.steps=20)")
+            raise ConfigError(item, item, "an override of the form key=value (e.g. train.steps=20)", COMMAND_LINE)
         key, raw = item.split("=", 1)
         key = key.strip().lstrip("-")
         if not key:
-            raise ConfigError(item, item, "a non-empty key before '='")
+            raise ConfigError(item, item, "a non-empty key before '='", COMMAND_LINE)
         try:
             value = _yaml_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
@@ -267,7 +273,7 @@ def parse_overrides(overrides: typing.Iterable[str]) -> dict:
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ConfigError(key, raw, "a key that is not also set as a value")
+                raise ConfigError(key, raw, "a key that is not also set as a value", COMMAND_LINE)
         node[parts[-1]] = value
     return out
 
@@ -284,9 +290,28 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.
 
     Nothing is written; call this before creating any directory or submitting any job.
     """
+    overrides = list(overrides)
     data = _read_yaml(Path(path)) if path else {}
-    data = _merge(data, parse_overrides(overrides))
-    return build_config(cls, data, source=str(path) if path else None)
+    given = parse_overrides(overrides)
+    try:
+        return build_config(cls, _merge(data, given), source=str(path) if path else COMMAND_LINE)
+    except ConfigError as e:
+        # Name where the bad value came from: the command line that overrode it, the file, or
+        # neither (a default that a cross-field rule refuses).
+        source = COMMAND_LINE if _given(given, e.key) else str(path) if path and _given(data, e.key) else None
+        if source == e.source:
+            raise
+        raise ConfigError(e.key, e.value, e.expected, source) from e
+
+
+def _given(overrides: dict, key: str) -> bool:
+    """Whether the dotted ``key`` (``data.shards[0]`` included) was set by an override."""
+    node: Any = overrides
+    for part in re.sub(r"\[\d+\]", "", key).split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 # ----------------------------------------------------------------------------- output

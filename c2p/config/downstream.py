@@ -13,8 +13,9 @@ class EvalDataConfig:
     corpus: str = option("synthetic", "corpus reader", choices=["synthetic", "shapenet55", "modelnet", "scanobjectnn", "manifest", "shapenet", "objaverse",
                                                                "modelnet_h5", "scanobjectnn_release", "openshape_modelnet40", "openshape_lvis"])
     root: str = option("", "corpus root")
-    train_split: str = option("train", "split few-shot / supervised examples come from")
-    test_split: str = option("test", "split evaluated")
+    # The splits every corpus reader knows (c2p.corpora.base.SPLITS): refused here, not in the job.
+    train_split: str = option("train", "split few-shot / supervised examples come from", choices=["train", "test", "all"])
+    test_split: str = option("test", "split evaluated", choices=["train", "test", "all"])
     classes: list[str] = option([], "class names in label order (empty: from the corpus)")
     points: int = option(1024, "points per object fed to the depth renderer", ge=1)
     rotate_zup: bool = option(False, "rotate z-up to y-up (ModelNet: Rx(pi/2) then Ry(-pi/2))")

@@ -15,7 +15,7 @@ The output directory holds ``pairs-NNNNNN.tar`` shards (written atomically by
 epoch length when ``--train-num-samples`` is left out) and ``pairs.json`` (totals, the
 brace pattern to pass as ``--train-data``, and the sources). Object shards are read with
 the loader's reader (:func:`c2p.data.reader.read_shard`); corrupt ones are counted and
-skipped, never fatal.
+skipped, never fatal, and so is an object whose caption members do not decode (``corrupt_samples``).
 
     python -m c2p.data.pairs --shards runs/demo/shards/train --out runs/demo/pairs
 """
@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from c2p.data.reader import read_shard
+from c2p.data.reader import CorruptSample, decode_member, read_shard
 from c2p.fileio import atomic_write_bytes
 from c2p.schema import ShardIndex, ShardWriter, SampleMeta
 from c2p.sharddir import INDEX_NAME, ShardDir
@@ -49,6 +49,7 @@ class PairExport:
     objects: int = 0  # objects read
     shards: dict[str, int] = field(default_factory=dict)  # pair shard name → pairs
     corrupt_shards: list[str] = field(default_factory=list)  # object shards that could not be read
+    corrupt_samples: list[str] = field(default_factory=list)  # objects skipped: a member that does not decode (shard, key, member)
     skipped_objects: int = 0  # objects without RGB views or caption source
     sources: list[str] = field(default_factory=list)
 
@@ -71,11 +72,12 @@ def object_shard_paths(sources: Sequence[str | Path]) -> list[Path]:
 
 def caption_of(sample: dict[str, bytes], template: str) -> str:
     """The object's caption: ``txt`` member, else ``meta.json``'s caption, else ``template``
-    formatted with the label (``"{label}"``); "" if none of these exist."""
+    formatted with the label (``"{label}"``); "" if none of these exist. Raises
+    :class:`~c2p.data.reader.CorruptSample` when the member it reads does not decode."""
     if sample.get("txt"):
-        return sample["txt"].decode().strip()
+        return decode_member(sample, "txt", bytes.decode).strip()
     if "meta.json" in sample:
-        meta = SampleMeta.from_json(sample["meta.json"])
+        meta = decode_member(sample, "meta.json", SampleMeta.from_json)
         if meta.caption:
             return meta.caption.strip()
         if template and meta.label:
@@ -134,7 +136,11 @@ def export_pairs(sources: Sequence[str | Path], out: str | Path, *, samples_per_
                     summary.corrupt_shards.append(f"{tar_path}: {type(e).__name__}: {e}")
                     break
                 summary.objects += 1
-                caption = caption_of(sample, caption_template)
+                try:
+                    caption = caption_of(sample, caption_template)
+                except CorruptSample as e:  # garbage in one object: counted, named, skipped
+                    summary.corrupt_samples.append(str(e))
+                    continue
                 members = image_members(sample, views)
                 if not caption or not members:
                     summary.skipped_objects += 1
@@ -155,7 +161,7 @@ def export_pairs(sources: Sequence[str | Path], out: str | Path, *, samples_per_
     if not summary.shards:
         raise ValueError(f"no image–text pairs in {summary.sources}: {summary.objects} objects read, "
                          f"{summary.skipped_objects} without RGB views or caption, "
-                         f"{len(summary.corrupt_shards)} corrupt shards; expected objects with rgb.<v>.png and a caption")
+                         f"{len(summary.corrupt_shards)} corrupt shards, {len(summary.corrupt_samples)} corrupt objects; expected objects with rgb.<v>.png and a caption")
     n = len(summary.shards)
     summary.train_data = str(out / (PAIR_PATTERN.format(0) if n == 1 else
                                     "pairs-{" + f"{0:06d}..{n - 1:06d}" + "}.tar"))

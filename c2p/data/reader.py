@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from webdataset.tariterators import group_by_keys
 
@@ -72,6 +72,29 @@ class ReadStats:
             setattr(self, name, 0)
         self.last_error = ""
         return delta
+
+
+T = TypeVar("T")
+
+
+class CorruptSample(ValueError):
+    """A member of a sample whose bytes do not decode (garbage in a whole tar): the message names
+    the shard, the sample key and the member."""
+
+
+def decode_member(sample: dict, member: str, decode: Callable[[bytes], T]) -> T:
+    """``decode(sample[member])`` for a raw sample of :func:`read_shard`/:func:`read_samples`.
+
+    Raises :class:`CorruptSample` naming the shard (``__url__``), the key and ``member`` when the
+    member is missing or ``decode`` fails (a ``UnicodeDecodeError`` on its own names none of them).
+    """
+    where = f"shard {sample.get('__url__', '?')}: sample {sample.get('__key__', '?')!r}: member {member!r}"
+    if member not in sample:
+        raise CorruptSample(f"{where} is missing")
+    try:
+        return decode(sample[member])
+    except Exception as e:  # any decoder's failure is the member's fault
+        raise CorruptSample(f"{where} does not decode ({type(e).__name__}: {e})") from e
 
 
 class NoReadableData(RuntimeError):

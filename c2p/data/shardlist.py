@@ -22,6 +22,7 @@ from pathlib import Path
 import braceexpand
 
 from c2p import storage
+from c2p.config.core import ConfigError
 from c2p.schema import INDEX_NAME, ShardIndex
 
 
@@ -126,3 +127,16 @@ def epoch_samples(shards: list[str]) -> int:
             )
         total += source.num_samples
     return total
+
+
+def check_finite_passes(sources: list[ShardSource], *, world_size: int, workers: int) -> None:
+    """Finite passes (``data.resampled=false``) split each corpus's tars over world_size x
+    max(1, workers) reader lanes, each with at least one: raises ConfigError otherwise."""
+    lanes = world_size * max(1, workers)
+    for source in sources:
+        if len(source.urls) < lanes:
+            raise ConfigError(
+                "data.resampled", False,
+                f"True, or at least world_size x workers = {world_size} x {max(1, workers)} = {lanes} shards per corpus "
+                f"for finite passes ({source.spec!r} has {len(source.urls)})",
+            )

@@ -53,7 +53,7 @@ from c2p.config.core import ConfigError
 from c2p.config.pretrain import DataConfig
 from c2p.data.reader import COUNTERS, ReadStats, read_samples
 from c2p.data.sample import BadSample, SampleDecoder, collate
-from c2p.data.shardlist import ShardSource, resolve_shards
+from c2p.data.shardlist import ShardSource, check_finite_passes, resolve_shards
 
 log = logging.getLogger(__name__)
 
@@ -228,14 +228,7 @@ class PretrainStream:
         self.weights = weights
         self.lanes = max(1, cfg.workers)
         if not cfg.resampled:
-            for source in self.sources:
-                if len(source.urls) < world_size * self.lanes:
-                    raise ConfigError(
-                        "data.resampled",
-                        False,
-                        f"True, or at least world_size x workers = {world_size * self.lanes} shards per corpus "
-                        f"for finite passes ({source.spec!r} has {len(source.urls)})",
-                    )
+            check_finite_passes(self.sources, world_size=world_size, workers=cfg.workers)
         self.decoder = SampleDecoder(
             points=cfg.points, image_size=cfg.image_size, imgfeat_tag=cfg.imgfeat_tag, views_per_object=views_per_object
         )

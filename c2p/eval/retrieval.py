@@ -45,9 +45,10 @@ def load_heldout(shard_dir: str | Path, points: int = 1024, seed: int = 0) -> He
 
     Returns points [N,P,3] float32, rgb [N,V,H,W,3] uint8 and views [N,V,3] (elev°, azim°, dist).
     Raises FileNotFoundError when ``shard_dir`` holds no shard, RuntimeError naming the shard
-    when one cannot be read whole (a retrieval score over part of the objects would mislead).
+    when one cannot be read whole (a retrieval score over part of the objects would mislead),
+    or naming the shard, sample and member when a member does not decode.
     """
-    from c2p.data.reader import read_shard
+    from c2p.data.reader import CorruptSample, decode_member, read_shard
 
     paths = ShardDir(shard_dir).shard_tars()
     if not paths:
@@ -62,13 +63,17 @@ def load_heldout(shard_dir: str | Path, points: int = 1024, seed: int = 0) -> He
     rng = np.random.default_rng(seed)
     keys, pts, rgbs, views = [], [], [], []
     for sample in samples:
-        meta = schema.SampleMeta.from_json(sample["meta.json"])
-        p = schema.decode_points(sample["points.npy"])
+        try:
+            meta = decode_member(sample, "meta.json", schema.SampleMeta.from_json)
+            p = decode_member(sample, "points.npy", schema.decode_points)
+            vids = schema.rgb_views(sample)
+            rgb = [decode_member(sample, schema.rgb_member(sample, v), schema.decode_image) for v in vids]
+        except CorruptSample as e:  # as for a damaged tar: a score over part of the objects would mislead
+            raise RuntimeError(f"held-out {e}; expected whole samples written by the render job") from e
         p = p[rng.choice(len(p), size=min(points, len(p)), replace=False)]
-        vids = schema.rgb_views(sample)
         keys.append(sample["__key__"])
         pts.append(p)
-        rgbs.append(np.stack([schema.decode_image(sample[schema.rgb_member(sample, v)]) for v in vids]))
+        rgbs.append(np.stack(rgb))
         views.append(np.asarray([meta.views[v] for v in vids], dtype=np.float32))
     return HeldOut(keys, torch.from_numpy(np.stack(pts)), np.stack(rgbs), torch.from_numpy(np.stack(views)))
 

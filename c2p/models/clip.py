@@ -177,6 +177,23 @@ def create_clip(name: str, pretrained: str = "", device: str | torch.device = "c
     return model.to(device).eval()
 
 
+def meta_clip(name: str) -> nn.Module:
+    """An open_clip ``CLIP`` of architecture ``name`` on the meta device: its parameter names,
+    shapes, ``image_size`` and ``output_dim`` at no memory and in milliseconds (a launcher checks
+    weights files and settings against it). Raises ValueError for an unknown ``name``."""
+    import open_clip
+
+    register_tiny_configs()
+    _check_name(name)
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # "No pretrained weights loaded": intended, as in create_clip
+    try:
+        with torch.device("meta"):
+            return open_clip.create_model(name, pretrained=None, load_weights=False, pretrained_text=False, device="meta")
+    finally:
+        logging.disable(previous)
+
+
 def load_visual(name: str, path: str, device: str | torch.device = "cpu") -> nn.Module:
     """The visual tower of architecture ``name`` with weights from ``path``: either a depth tower
     export (keys of a plain open_clip visual tower, e.g. ``conv1.weight``) or a whole CLIP

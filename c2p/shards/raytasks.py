@@ -39,6 +39,22 @@ def cuda_ordinal(gpu_ids: list) -> int | None:
     return visible.index(gpu) if gpu in visible else int(gpu)
 
 
+def task_error(e: BaseException) -> tuple[str, str]:
+    """(error type, reason) of a failed shard task, as the summary reports them: the task's own
+    exception, not Ray's wrapper. A ``RayTaskError`` prints as ``ray::shard_task() (pid=..., ip=...)``
+    followed by the remote traceback; its ``cause`` is the exception the task raised (e.g.
+    ``OSError: [Errno 28] No space left on device``). Other Ray errors (a worker that died, an
+    object lost) are reported by their own first line."""
+    import ray.exceptions
+
+    cause = e.cause if isinstance(e, ray.exceptions.RayTaskError) and isinstance(getattr(e, "cause", None), BaseException) else e
+    if cause is e and isinstance(e, ray.exceptions.RayTaskError):  # a cause Ray could not unpickle: its last line
+        lines = [line for line in str(e).splitlines() if line.strip()]
+        return type(e).__name__, (lines[-1].strip() if lines else "")[:500]
+    lines = [line for line in str(cause).splitlines() if line.strip()]
+    return type(cause).__name__, (lines[0].strip() if lines else repr(cause))[:500]
+
+
 def init_ray(address: str | None) -> bool:
     """Join ``address`` (or start a local Ray) unless this process is connected already.
     Returns True when this call connected (the caller disconnects with :func:`shutdown_ray`)."""
@@ -97,8 +113,9 @@ def run_tasks(cfg: RenderJobConfig, plan: RenderPlan, todo: list[ShardSpec], fau
                     results[spec.index] = ray.get(ref)
                     errors += len(results[spec.index].errors)
                 except Exception as e:  # retries exhausted: report, keep rendering the others
-                    log.error("shard %s failed after %d retries: %s", spec.name, cfg.job.max_retries, e)
-                    failed.append({"shard": spec.name, "error": type(e).__name__, "reason": str(e).splitlines()[0][:500] if str(e) else ""})
+                    error, reason = task_error(e)
+                    log.error("shard %s failed after %d retries: %s: %s", spec.name, cfg.job.max_retries, error, reason)
+                    failed.append({"shard": spec.name, "error": error, "reason": reason})
                 bar.update(len(spec.refs))
                 bar.set_postfix(shards=f"{len(results)}/{len(todo)}", errors=errors, refresh=False)
     finally:
