@@ -190,6 +190,8 @@ class Lease:
     def release(self) -> None:
         """Stop the heartbeat and remove the lease if it is still ours (and the directory, if this
         lease created it and nothing else was written there)."""
+        if os.getpid() != self.record.pid:  # a forked child (a DataLoader worker) never releases its parent's lease
+            return
         atexit.unregister(self.release)
         self._stop.set()
         if self._thread is not None:
