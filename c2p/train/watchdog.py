@@ -85,8 +85,9 @@ def stalled_peers(beats: dict[int, Heartbeat], me: int, now: float, poll_s: floa
     others = {r: b for r, b in beats.items() if r != me}
     frozen = [b for b in others.values() if now - b.written_time > 3 * poll_s]
     if frozen:
+        # b.step is the step of its last heartbeat write, up to poll_s of steps behind where it stopped
         return "; ".join(f"rank {b.rank} (pid {b.pid} on {b.host}) stopped running {now - b.written_time:.0f}s ago "
-                         f"after step {b.step}: frozen, dead or unreachable" for b in sorted(frozen, key=lambda b: b.rank))
+                         f"(frozen, dead or unreachable; last reported step {b.step})" for b in sorted(frozen, key=lambda b: b.rank))
     if not others:
         return ""
     low = min(b.step for b in beats.values())

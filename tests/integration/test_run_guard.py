@@ -95,7 +95,7 @@ def test_stopped_rank_ends_the_job_naming_it_and_a_second_launch_is_refused(tmp_
         ended_after = time.monotonic() - stopped_at
         assert launcher.returncode == 1, err[-3000:]  # the job failed (JobFailedError)
         assert "watchdog: rank 0 finished no optimizer step for" in err and f"train.watchdog_s = {WATCHDOG_S}" in err
-        assert f"rank 1 (pid {pids[1]} on " in err and "stopped running" in err and "frozen, dead or unreachable" in err
+        assert f"rank 1 (pid {pids[1]} on " in err and "stopped running" in err and "(frozen, dead or unreachable; last reported step" in err
         step = int(err.split("watchdog: rank 0 finished no optimizer step for")[1].split("after step ")[1].split(";")[0])
         assert step >= 1
         assert ended_after >= WATCHDOG_S  # ended by the watchdog, not by anything quicker

@@ -22,7 +22,7 @@ def test_stalled_peers_names_the_frozen_rank_then_the_rank_behind():
     live = lambda r, step: Heartbeat(r, "h", 100 + r, step, now - 30, now - 1)  # noqa: E731
     frozen = Heartbeat(1, "h", 101, 7, now - 30, now - 25)  # its file was not rewritten: process stopped
     text = stalled_peers({0: live(0, 7), 1: frozen, 2: live(2, 7)}, me=0, now=now, poll_s=2)
-    assert text == "rank 1 (pid 101 on h) stopped running 25s ago after step 7: frozen, dead or unreachable"
+    assert text == "rank 1 (pid 101 on h) stopped running 25s ago (frozen, dead or unreachable; last reported step 7)"
     text = stalled_peers({0: live(0, 8), 1: live(1, 8), 2: live(2, 7)}, me=0, now=now, poll_s=2)
     assert text == "rank 2 (pid 102 on h) is behind at step 7"
     assert stalled_peers({0: live(0, 7), 1: live(1, 7)}, me=0, now=now, poll_s=2) == ""  # nothing tells them apart
@@ -54,7 +54,7 @@ def test_rank_without_progress_exits_75_naming_itself_its_step_and_the_frozen_pe
                        env=dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"))
     assert r.returncode == EXIT_STALLED, r.stderr
     assert "watchdog: rank 0 finished no optimizer step for" in r.stderr and "after step 3" in r.stderr
-    assert "rank 1 (pid 4321 on nodeB) stopped running" in r.stderr and "after step 3: frozen" in r.stderr
+    assert "rank 1 (pid 4321 on nodeB) stopped running" in r.stderr and "last reported step 3)" in r.stderr
 
 
 def test_watchdog_and_collective_timeout_keys_are_validated():
