@@ -20,7 +20,10 @@ defaults to ``--gpus-per-node``).
 Preemption/timeout: the job is requeued (submitit ``checkpoint()``) and resumes from the
 run's ``latest`` committed checkpoint; a preemption loses at most ``checkpoint.every`` steps
 (see :mod:`c2p.cluster.submit`). Re-running the same command on an existing run directory also
-resumes it (``checkpoint.resume=auto``).
+resumes it (``checkpoint.resume=auto``), unless a job still writes it: rank 0 of the job holds
+the run directory's lease (:mod:`c2p.lease`), and a second launch is refused naming that job.
+A rank that finishes no step for ``train.watchdog_s`` ends the job naming the rank that
+stopped (:mod:`c2p.train.watchdog`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from c2p.cli.base import command_parser, print_result, run_command
 from c2p.cluster import ClusterOptions, add_cluster_args, launch
 from c2p.config import load_config, to_yaml
 from c2p.config.pretrain import PretrainConfig
+from c2p.lease import check_free
 from c2p.preflight import check_pretrain
 
 TARGET = "c2p.train.pretrain:run"
@@ -65,6 +69,7 @@ def body(args: argparse.Namespace) -> int:
     # everything the ranks would read, checked here: a refusal leaves no run directory behind
     check_pretrain(cfg, nodes=opts.nodes, tasks_per_node=opts.tasks_per_node, gpus_per_node=opts.gpus_per_node)
     run_dir = Path(cfg.run.dir) / cfg.run.name
+    check_free(run_dir, "run directory")  # one job per run directory; its rank 0 holds the lease (c2p.lease)
     print_result(launch(TARGET, cfg, opts, run_dir, config_text=to_yaml(cfg), dry_run=args.dry_run, wait_for_result=args.wait))
     return 0
 

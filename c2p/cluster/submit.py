@@ -33,6 +33,8 @@ logs. Array elements are requeued independently.
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
 import signal
 import sys
@@ -45,6 +47,8 @@ from c2p.cluster.options import ClusterOptions
 from c2p.cluster.slurm import TERMINAL_STATES, check_request, make_executor, sbatch_script, slurm_state
 from c2p.cluster.task import ClusterTask
 from c2p.fileio import atomic_write_bytes
+
+log = logging.getLogger(__name__)
 
 __all__ = ["submit", "submit_array", "describe_job", "wait", "collect", "launch", "launch_array"]
 
@@ -186,11 +190,81 @@ def _state_of(job: Any) -> str:
     return f"local job {job.job_id}: its processes have exited (controller exit status {code})"
 
 
+_STARTED: set[str] = set()  # local jobs whose ranks were all seen running at once
+
+
+def _child_pids(pid: int) -> list[int]:
+    """Direct children of ``pid`` (Linux /proc)."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:  # a kernel without CONFIG_PROC_CHILDREN: scan every process's parent
+        kids = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == pid:
+                kids.append(int(stat.parent.name))
+        return kids
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        kids = _child_pids(todo.pop())
+        out += kids
+        todo += kids
+    return out
+
+
+def _end_local_job_if_a_rank_failed(job: Any) -> None:
+    """``--cluster local``: once a rank has ended with an error or without a result, kill the
+    job's other ranks (and their DataLoader workers) by pid.
+
+    submitit's local controller waits for every rank before it ends, so a rank that failed
+    (its watchdog fired, it crashed) next to one that is stopped or hung would keep the job,
+    and the launcher waiting for it, alive until the time limit. On SLURM, ``srun
+    --kill-on-bad-exit`` does the same. A rank's failure is seen as an error result, or as
+    fewer live ranks plus results than the job's ranks once all of them were seen running.
+    """
+    if not _is_local(job) or job.num_tasks < 2 or job.done():
+        return
+    from submitit.core.utils import pickle_load
+
+    controller = int(job.job_id)
+    ranks = _child_pids(controller)
+    if len(ranks) >= job.num_tasks:
+        _STARTED.add(str(job.job_id))
+    results = [t.paths.result_pickle for t in _tasks(job) if t.paths.result_pickle.exists()]
+    errors = []
+    for path in results:
+        try:
+            if pickle_load(path)[0] == "error":
+                errors.append(path)
+        except Exception:  # being written right now: judged at the next poll
+            continue
+    exited = str(job.job_id) in _STARTED and len(ranks) + len(results) < job.num_tasks
+    if not (errors or exited) or not ranks:
+        return
+    victims = [p for r in ranks for p in [r, *_descendants(r)]]
+    log.warning("job %s: a rank %s; killing its %d other rank(s) (pids %s) so that the job ends",
+                job.job_id, "raised an error" if errors else "ended without a result", len(ranks),
+                " ".join(map(str, ranks)))
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)  # SIGKILL also ends a stopped (SIGSTOP) process
+        except ProcessLookupError:
+            pass
+
+
 def wait(jobs: Sequence[Any], timeout_s: float | None = None, poll_s: float = 2.0) -> None:
     """Block until every job has ended (result written, or SLURM says it ended)."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     pending = list(jobs)
     while pending:
+        for job in pending:
+            _end_local_job_if_a_rank_failed(job)
         pending = [j for j in pending if not _finished(j)]
         if not pending:
             return

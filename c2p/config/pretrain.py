@@ -91,6 +91,16 @@ class TrainConfig:
     epoch_samples: int = option(0, "samples per epoch for the schedule (0: from index.json)", ge=0)
     log_every: int = option(10, "steps between metric lines", ge=1)
     deterministic: bool = option(False, "deterministic algorithms: a resumed run repeats the uninterrupted one bit for bit (slower)")
+    watchdog_s: float = option(900.0, "seconds a rank may go without finishing an optimizer step (a checkpoint save included) before it ends the job naming the stalled rank, exit 75 (0: off)", ge=0.0)
+    collective_timeout_s: float = option(0.0, "timeout of one collective of the default process group in seconds (0: 2 x train.watchdog_s, or 1800 with the watchdog off)", ge=0.0)
+
+    def validate(self) -> None:
+        if 0 < self.watchdog_s < 1:
+            raise ConfigError("train.watchdog_s", self.watchdog_s, "0 (off) or at least 1 second")
+        if self.collective_timeout_s and self.collective_timeout_s <= self.watchdog_s:
+            # the collective's own error names neither the stalled rank nor the step: the watchdog must fire first
+            raise ConfigError("train.collective_timeout_s", self.collective_timeout_s,
+                              f"0 (derived) or more than train.watchdog_s = {self.watchdog_s}")
 
 
 @dataclass

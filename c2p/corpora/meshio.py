@@ -3,7 +3,7 @@
 Readers call these instead of each other: :func:`load_mesh_file` (anything trimesh reads, with a
 resolver that keeps texture paths inside the object's folder, and the vectorised OBJ reader
 :mod:`c2p.corpora.objfast` in front for OBJ), :func:`load_off` (ModelNet's OFF, including the real files'
-headers with the counts on the ``OFF`` line itself), :func:`load_ply` (mesh or point cloud), and
+headers with the counts on the ``OFF`` line itself, and Geomview's COFF/NOFF/STOFF/4OFF/nOFF variants), :func:`load_ply` (mesh or point cloud), and
 :func:`check_mesh`, which every loaded mesh passes. Every failure is a :class:`CorpusError` naming
 the file and what is wrong with it.
 """
@@ -11,6 +11,7 @@ the file and what is wrong with it.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -89,9 +90,18 @@ def load_mesh_file(path: Path, bound: Path, file_type: str | None = None):
     return check_mesh(path, mesh)
 
 
-def parse_off(data: bytes | str, source: str | Path = "<off>") -> tuple[np.ndarray, np.ndarray]:
-    """Parse an OFF file. Returns (vertices [V,3] float64, faces [F,3] int64 triangles).
+# Geomview's OFF keyword: [ST][C][N][4][n]OFF. ST, C and N add texture, colour and normal
+# columns after the coordinates; 4 adds a homogeneous w; n puts the dimension on its own before the counts.
+_OFF_KEYWORD = re.compile(r"(ST)?(C)?(N)?(4)?(n)?OFF")
 
+
+def parse_off(data: bytes | str, source: str | Path = "<off>") -> tuple[np.ndarray, np.ndarray]:
+    """Parse an ASCII OFF file. Returns (vertices [V,3] float64, faces [F,3] int64 triangles).
+
+    Reads the Geomview variants: ``COFF``/``NOFF``/``CNOFF``/``STOFF``/``STCNOFF`` (colour,
+    normal and texture columns after x y z are ignored), ``4OFF`` (x y z w, divided by w) and
+    ``nOFF``/``4nOFF`` with dimension 3; face lines may carry a colour after their indices.
+    The counts may stand on the keyword's line (ModelNet's ``OFF490 518 0``).
     Raises CorpusError(source, reason) naming what is wrong (header, counts, indices, NaN).
     """
     if isinstance(data, bytes):
@@ -107,27 +117,37 @@ def parse_off(data: bytes | str, source: str | Path = "<off>") -> tuple[np.ndarr
     if not lines:
         raise CorpusError(source, "empty OFF file")
     head = lines[0]
-    if not head.startswith("OFF"):
-        raise CorpusError(source, f"header {head[:40]!r}, expected a line starting with 'OFF'")
-    rest = head[3:].split()  # counts on the OFF line itself: "OFF490 518 0"
-    pos = 1
-    if not rest:
-        if len(lines) < 2:
-            raise CorpusError(source, "no vertex/face counts after the OFF header")
-        rest = lines[1].split()
-        pos = 2
+    keyword = _OFF_KEYWORD.match(head)
+    if keyword is None:
+        raise CorpusError(source, f"header {head[:40]!r}, expected a line starting with 'OFF' "
+                                  "(or a variant: COFF, NOFF, CNOFF, STOFF, 4OFF, nOFF)")
+    homogeneous, with_dim = bool(keyword.group(4)), bool(keyword.group(5))
+    tokens, pos = head[keyword.end():].split(), 1  # counts on the keyword's line itself: "OFF490 518 0"
+    if tokens[:1] == ["BINARY"]:
+        raise CorpusError(source, f"header {head[:40]!r}: binary OFF, expected an ASCII OFF file")
+    need = 3 if with_dim else 2  # [Ndim] V F (E is optional and never used)
+    while len(tokens) < need and pos < len(lines):
+        tokens += lines[pos].split()
+        pos += 1
+    if not tokens:
+        raise CorpusError(source, "no vertex/face counts after the OFF header")
+    if with_dim:
+        if tokens[0] != "3":
+            raise CorpusError(source, f"{keyword.group(0)} dimension {tokens[0]!r}, expected 3")
+        tokens = tokens[1:]
     try:
-        counts = [int(x) for x in rest[:3]]
-        nv, nf = counts[0], counts[1]
+        nv, nf = int(tokens[0]), int(tokens[1])
     except (ValueError, IndexError) as exc:
-        raise CorpusError(source, f"counts {' '.join(rest)!r}, expected 'V F E' integers") from exc
+        raise CorpusError(source, f"counts {' '.join(tokens)!r}, expected 'V F E' integers") from exc
     if nv <= 0 or nf <= 0:
         raise CorpusError(source, f"{nv} vertices and {nf} faces, expected both > 0")
     if len(lines) < pos + nv + nf:
         raise CorpusError(source, f"truncated: header says {nv} vertices + {nf} faces, file has {len(lines) - pos} data lines")
-    verts = _vertex_block(lines[pos : pos + nv], nv, source)
-    if verts.shape != (nv, 3):
-        raise CorpusError(source, "vertex lines with fewer than 3 coordinates")
+    verts = _vertex_block(lines[pos : pos + nv], nv, source, columns=4 if homogeneous else 3)
+    if homogeneous:
+        if (verts[:, 3] == 0).any():
+            raise CorpusError(source, f"{int((verts[:, 3] == 0).sum())} vertices with w = 0 in a 4OFF file, expected w != 0")
+        verts = verts[:, :3] / verts[:, 3:]
     if not np.isfinite(verts).all():
         raise CorpusError(source, f"{int((~np.isfinite(verts)).any(axis=1).sum())} vertices with NaN/inf coordinates")
     faces = _face_block(lines[pos + nv : pos + nv + nf], source)
@@ -136,16 +156,16 @@ def parse_off(data: bytes | str, source: str | Path = "<off>") -> tuple[np.ndarr
     return verts, faces
 
 
-def _vertex_block(lines: list[str], nv: int, source) -> np.ndarray:
-    """[nv, 3] float64 from vertex lines; extra columns (normals, colours) are dropped."""
+def _vertex_block(lines: list[str], nv: int, source, *, columns: int = 3) -> np.ndarray:
+    """[nv, columns] float64 from vertex lines; the columns after them (normals, colours, texture) are dropped."""
     tokens = " ".join(lines).split()
     try:
-        if len(tokens) == 3 * nv:  # the common case, parsed in one numpy call
-            return np.asarray(tokens, dtype=np.float64).reshape(nv, 3)
+        if len(tokens) == columns * nv:  # the common case, parsed in one numpy call
+            return np.asarray(tokens, dtype=np.float64).reshape(nv, columns)
         rows = [ln.split() for ln in lines]
-        if any(len(r) < 3 for r in rows):
-            raise CorpusError(source, "vertex lines with fewer than 3 coordinates")
-        return np.asarray([r[:3] for r in rows], dtype=np.float64)
+        if any(len(r) < columns for r in rows):
+            raise CorpusError(source, f"vertex lines with fewer than {columns} coordinates")
+        return np.asarray([r[:columns] for r in rows], dtype=np.float64)
     except ValueError as exc:
         raise CorpusError(source, f"bad vertex line: {exc}") from exc
 

@@ -16,6 +16,8 @@ epoch length when ``--train-num-samples`` is left out) and ``pairs.json`` (total
 brace pattern to pass as ``--train-data``, and the sources). Object shards are read with
 the loader's reader (:func:`c2p.data.reader.read_shard`); corrupt ones are counted and
 skipped, never fatal, and so is an object whose caption members do not decode (``corrupt_samples``).
+Objects whose key is absolute or has a ``..`` component are refused (:func:`unsafe_key`,
+listed in ``pairs.json``): the output tars never carry such names.
 
     python -m c2p.data.pairs --shards runs/demo/shards/train --out runs/demo/pairs
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -38,6 +41,8 @@ SIZES_NAME = "sizes.json"
 PAIRS_NAME = "pairs.json"
 IMAGE_EXTS = ("png", "webp", "jpg")
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class PairExport:
@@ -51,6 +56,7 @@ class PairExport:
     corrupt_shards: list[str] = field(default_factory=list)  # object shards that could not be read
     corrupt_samples: list[str] = field(default_factory=list)  # objects skipped: a member that does not decode (shard, key, member)
     skipped_objects: int = 0  # objects without RGB views or caption source
+    unsafe_keys: list[str] = field(default_factory=list)  # objects refused for an absolute or '..' key
     sources: list[str] = field(default_factory=list)
 
 
@@ -82,6 +88,21 @@ def caption_of(sample: dict[str, bytes], template: str) -> str:
             return meta.caption.strip()
         if template and meta.label:
             return template.format(label=meta.label)
+    return ""
+
+
+def unsafe_key(key: str) -> str:
+    """Why ``key`` (a sample key from an input tar) must not name output members, or "" if it may.
+
+    Refused: absolute keys (``/x``) and keys with a ``..`` component, which would make the output
+    tar's member names escape the directory it is extracted into. They are refused rather than
+    rewritten: no writer of c2p shards makes such keys, and a rewritten key (``/a/b`` → ``a/b``)
+    could collide with another object's real key and shadow it without a trace.
+    """
+    if key.startswith("/") or key.startswith("\\"):
+        return "absolute"
+    if ".." in key.replace("\\", "/").split("/"):
+        return "has a '..' component"
     return ""
 
 
@@ -136,6 +157,10 @@ def export_pairs(sources: Sequence[str | Path], out: str | Path, *, samples_per_
                     summary.corrupt_shards.append(f"{tar_path}: {type(e).__name__}: {e}")
                     break
                 summary.objects += 1
+                if why := unsafe_key(sample["__key__"]):
+                    summary.unsafe_keys.append(f"{tar_path}: {sample['__key__']!r} ({why})")
+                    log.warning("pairs: refusing object %r of %s: its key is %s", sample["__key__"], tar_path, why)
+                    continue
                 try:
                     caption = caption_of(sample, caption_template)
                 except CorruptSample as e:  # garbage in one object: counted, named, skipped
@@ -160,8 +185,9 @@ def export_pairs(sources: Sequence[str | Path], out: str | Path, *, samples_per_
         raise
     if not summary.shards:
         raise ValueError(f"no image–text pairs in {summary.sources}: {summary.objects} objects read, "
-                         f"{summary.skipped_objects} without RGB views or caption, "
-                         f"{len(summary.corrupt_shards)} corrupt shards, {len(summary.corrupt_samples)} corrupt objects; expected objects with rgb.<v>.png and a caption")
+                         f"{summary.skipped_objects} without RGB views or caption, {len(summary.unsafe_keys)} with unsafe keys, "
+                         f"{len(summary.corrupt_shards)} corrupt shards, {len(summary.corrupt_samples)} corrupt objects; "
+                         "expected objects with rgb.<v>.png and a caption")
     n = len(summary.shards)
     summary.train_data = str(out / (PAIR_PATTERN.format(0) if n == 1 else
                                     "pairs-{" + f"{0:06d}..{n - 1:06d}" + "}.tar"))

@@ -38,6 +38,7 @@ from typing import Any
 from c2p.config.core import to_yaml
 from c2p.config.render import RenderJobConfig
 from c2p.fileio import atomic_write_bytes
+from c2p.lease import Lease
 from c2p.sharddir import ERRORS_NAME, WARNINGS_NAME, ShardDir
 from c2p.shards.faults import FAULT_ENV
 from c2p.shards.output import claim_output, collect_records, completed_shards, finalize_output, prepare_output, remove_staging
@@ -50,6 +51,15 @@ log = logging.getLogger(__name__)
 
 
 def run_render_job(cfg: RenderJobConfig, address: str | None = None) -> dict[str, Any]:
+    """:func:`render_job` holding the lease of ``cfg.out`` (:mod:`c2p.lease`) until it ends: a second
+    driver on the same output is refused (LeaseHeld, exit 2) naming this one. No lease on ``s3://``."""
+    if "://" in str(cfg.out):
+        return render_job(cfg, address)
+    with Lease(Path(cfg.out).expanduser(), "render output"):
+        return render_job(cfg, address)
+
+
+def render_job(cfg: RenderJobConfig, address: str | None = None) -> dict[str, Any]:
     """Render ``cfg.corpus`` into WebDataset shards under ``cfg.out``; returns the summary.
 
     address: Ray cluster to join (None: the connected one, else a new local Ray). The

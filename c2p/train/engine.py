@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -21,7 +22,7 @@ from c2p.config.pretrain import PretrainConfig
 
 log = logging.getLogger("c2p.train")
 
-__all__ = ["DistInfo", "init_distributed", "resolve_device", "resolve_precision", "deepspeed_config",
+__all__ = ["DistInfo", "collective_timeout", "init_distributed", "resolve_device", "resolve_precision", "deepspeed_config",
            "build_optimizer", "build_engine", "set_lr", "micro_batch_size"]
 
 
@@ -49,6 +50,17 @@ def resolve_precision(cfg: PretrainConfig, device: torch.device) -> str:
     return cfg.train.precision
 
 
+def collective_timeout(cfg: PretrainConfig) -> timedelta:
+    """How long one collective of the default process group waits for the slowest rank.
+
+    ``train.collective_timeout_s``, or twice ``train.watchdog_s`` (1800 s with the watchdog
+    off): longer than the watchdog on purpose, since the watchdog's exit names the stalled rank
+    and the step, and a timed-out collective names neither. It bounds the rendezvous too.
+    """
+    t = cfg.train
+    return timedelta(seconds=t.collective_timeout_s or (2 * t.watchdog_s if t.watchdog_s else 1800.0))
+
+
 def init_distributed(cfg: PretrainConfig) -> DistInfo:
     """Find this process's place in the job and open the process group through DeepSpeed.
 
@@ -71,7 +83,7 @@ def init_distributed(cfg: PretrainConfig) -> DistInfo:
         # CPU ranks share the node's cores: torch's default (all cores per process) oversubscribes
         # them, and spinning intra-op threads then slow every rank down several-fold.
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // max(1, place.local_world_size)))
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=collective_timeout(cfg))
     return DistInfo(place.rank, place.world_size, place.local_rank, device, backend)
 
 

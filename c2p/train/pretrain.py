@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -28,9 +29,11 @@ import torch
 
 from c2p.config.core import ConfigError, config_hash, load_config, to_dict, to_yaml
 from c2p.config.pretrain import PretrainConfig
+from c2p.lease import Lease
 from c2p.train.checkpoint import CheckpointManager, ResumeTarget, tag_name
 from c2p.train.engine import set_lr
 from c2p.train.metrics import MetricsLogger
+from c2p.train.watchdog import Watchdog
 
 log = logging.getLogger("c2p.train")
 
@@ -215,6 +218,8 @@ class Trainer:
     state: TrainState
     run_dir: Path
     resumed_from: int | None
+    guards: contextlib.ExitStack = dataclasses.field(default_factory=contextlib.ExitStack)
+    """released when the run ends (:meth:`close`): rank 0's lease on the run directory, the progress watchdog"""
 
     def train(self) -> dict:
         """Train up to ``train.steps``; returns ``dict(step, run_dir, checkpoint, export, resumed_from, last)``
@@ -237,7 +242,18 @@ class Trainer:
                                  | clock.lap(state.step, cfg.train.batch_size) | {"lr": lr, "samples": state.samples})
             self.checkpoints.save(self.engine, state.step, state.state_dict(), last=last,
                                   rank_state=lambda: {"data": self.stream.state_dict()})
+            self.watchdog.beat(state.step)
         return self._finish(out)
+
+    @functools.cached_property
+    def watchdog(self) -> Watchdog:
+        """This rank's progress watchdog, started on first use (c2p.train.watchdog)."""
+        return self.guards.enter_context(Watchdog(self.run_dir, self.rank, self.world_size, self.cfg.train.watchdog_s,
+                                                  step=self.state.step))
+
+    def close(self) -> None:
+        """Stop the watchdog and release the run directory (rank 0): the run is over, failed or not."""
+        self.guards.close()
 
     def _finish(self, out: dict) -> dict:
         """Export the final tag (when ``checkpoint.export``), close the metrics, wait for every rank."""
@@ -283,6 +299,9 @@ def setup(cfg: PretrainConfig) -> Trainer:
     schedule = _lr_schedule(cfg)
 
     run_dir = Path(cfg.run.dir) / cfg.run.name
+    # One job per run directory: rank 0 holds the lease from before its first write to the end of
+    # the job, so a second launch (even after the first launcher was killed) is refused.
+    lease = Lease(run_dir, "run directory").acquire() if rank == 0 else None
     _setup_logging(run_dir, rank)
     ckpt = CheckpointManager(run_dir / "checkpoints", rank=rank, world_size=world, zero_stage=cfg.train.zero_stage,
                              every=cfg.checkpoint.every, keep=cfg.checkpoint.keep, signature=signature,
@@ -305,14 +324,22 @@ def setup(cfg: PretrainConfig) -> Trainer:
     metrics = MetricsLogger(run_dir, rank, cfg.train.steps)
     log.info("rank %d/%d on %s (%s), ZeRO-%d, micro-batch %d x %d accum, %s", rank, world, device, precision,
              cfg.train.zero_stage, micro, cfg.train.grad_accum, signature)
-    return Trainer(cfg, rank, world, device, dtype, engine, image_tower, stream, ckpt, metrics, schedule,
-                   state, run_dir, resumed_from=state.step if target else None)
+    trainer = Trainer(cfg, rank, world, device, dtype, engine, image_tower, stream, ckpt, metrics, schedule,
+                      state, run_dir, resumed_from=state.step if target else None)
+    if lease is not None:
+        trainer.guards.callback(lease.release)
+    trainer.watchdog  # noqa: B018  started here: a rank stuck before its first step is caught too
+    return trainer
 
 
 def run(cfg: PretrainConfig) -> dict:
     """Train one rank of a pre-training run (the job target ``c2p.train.pretrain:run``); returns
     ``dict(step, run_dir, checkpoint, export, resumed_from, last)`` as :meth:`Trainer.train`."""
-    return setup(cfg).train()
+    trainer = setup(cfg)
+    try:
+        return trainer.train()
+    finally:
+        trainer.close()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -326,7 +353,10 @@ def main(argv: list[str] | None = None) -> dict:
     except ConfigError as e:
         parser.exit(2, f"error: {e}\n")
     trainer = setup(cfg)
-    summary = trainer.train()
+    try:
+        summary = trainer.train()
+    finally:
+        trainer.close()
     if trainer.rank == 0:
         print(json.dumps(summary))
     return summary

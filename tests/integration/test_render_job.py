@@ -336,3 +336,31 @@ def test_imgfeat_actors_store_image_tower_features(corpus, ray_cluster, tmp_path
     ray.kill(encoder)
 
 
+
+
+@pytest.mark.slow
+def test_second_driver_on_a_live_out_is_refused_naming_the_first(corpus, ray_cluster, tmp_path):
+    from c2p.lease import LEASE_NAME
+
+    out = tmp_path / "shards"
+    cmd = [sys.executable, str(REPO / "launch" / "render.py"), "--corpus", "synthetic", "--root", str(corpus), "--out", str(out),
+           "--address", ray_cluster, *SMALL]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / LEASE_NAME).exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(first.pid, signal.SIGSTOP)  # a slow or hung driver still owns its output
+        assert (out / LEASE_NAME).exists(), f"first driver holds no lease:\n{first.communicate()[1].decode()[-2000:]}"
+        second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+        assert second.returncode == 2, second.stderr[-3000:]
+        assert f"render output {out} is in use by owner uuid-" in second.stderr and f"pid {first.pid}, since" in second.stderr
+        os.kill(first.pid, signal.SIGCONT)
+        _, err = first.communicate(timeout=300)
+        assert first.returncode == 0, err.decode()[-3000:]  # the first driver was not disturbed
+        assert ShardIndex.load(out).num_samples > 0 and not (out / LEASE_NAME).exists()  # released at its end
+    finally:
+        if first.poll() is None:
+            os.kill(first.pid, signal.SIGCONT)
+            os.killpg(first.pid, signal.SIGKILL)

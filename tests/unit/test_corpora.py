@@ -157,6 +157,48 @@ def test_parse_off_header_variants():
             parse_off(text, "x.off")
 
 
+# A tetrahedron in Geomview's OFF variants, as CGAL's sample meshes and other tools write them.
+_TET_XYZ = ["0 0 0", "1 0 0", "0 1 0", "0 0 1"]
+_TET_FACES = ["3 0 1 2", "3 0 1 3", "3 0 2 3", "3 1 2 3"]
+
+
+@pytest.mark.parametrize("keyword,extra", [
+    ("COFF", " 255 0 0 255"),                 # RGBA vertex colour (CGAL's sample meshes)
+    ("COFF", " 0.5 0.5 0.5"),                 # RGB colour as floats
+    ("NOFF", " 0 0 1"),                       # normal
+    ("CNOFF", " 0 0 1 0.1 0.2 0.3 1"),        # normal, then colour
+    ("STOFF", " 0.25 0.75"),                  # texture coordinates
+    ("STCNOFF", " 0 0 1 1 1 1 1 0.5 0.5"),    # normal, colour, texture
+])
+def test_parse_off_geomview_variants_drop_the_columns_after_xyz(keyword, extra):
+    text = "\n".join([keyword, "4 4 6", *(v + extra for v in _TET_XYZ), *_TET_FACES]) + "\n"
+    v, f = parse_off(text, f"tet.{keyword}.off")
+    assert v.tolist() == [[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]]
+    assert f.tolist() == [[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]]
+
+
+def test_parse_off_homogeneous_dimension_and_face_colours():
+    # 4OFF: x y z w, divided by w
+    v, _ = parse_off("4OFF\n4 1 0\n0 0 0 1\n2 0 0 2\n0 4 0 4\n0 0 3 3\n3 0 1 2\n")
+    assert v.tolist() == [[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]]
+    # nOFF: the dimension (3) before the counts, on its own line or the keyword's
+    for head in ("nOFF\n3\n4 4 0", "nOFF 3 4 4 0"):
+        v, f = parse_off("\n".join([head, *_TET_XYZ, *_TET_FACES]))
+        assert v.shape == (4, 3) and f.shape == (4, 3)
+    # face lines with colours after the indices: RGBA, RGB and a colour-map index
+    faces = ["3 0 1 2 1 0 0 1", "3 0 1 3 0.5 0.5 0.5", "3 0 2 3 7", "3 1 2 3"]
+    _, f = parse_off("\n".join(["COFF", "4 4 0", *(x + " 1 1 1 1" for x in _TET_XYZ), *faces]))
+    assert f.tolist() == [[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]]
+
+
+def test_parse_off_refuses_what_it_cannot_read_naming_the_header():
+    for text, reason in [("OFF BINARY\n", "binary OFF"), ("nOFF\n4\n4 1 0\n", "dimension '4', expected 3"),
+                         ("XOFF\n3 1 0\n", "COFF, NOFF"), ("COFF\n3 1 0\n0 0\n1 0\n0 1\n3 0 1 2\n", "fewer than 3"),
+                         ("4OFF\n3 1 0\n0 0 0 1\n1 0 0 0\n0 1 0 1\n3 0 1 2\n", "w = 0")]:
+        with pytest.raises(CorpusError, match=reason):
+            parse_off(text, "x.off")
+
+
 def _off(path: Path, text: str | bytes):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
