@@ -133,7 +133,16 @@ def check_shards(data: "DataConfig", *, world_size: int) -> list:
 def check_output_dir(key: str, path: str) -> None:
     """``path`` is, or can be made, a directory this process can write into. The probe creates
     and removes one file in the nearest existing folder (``os.access`` says yes to root on a
-    read-only mount)."""
+    read-only mount). An ``s3://`` address: its bucket answers a listing with these credentials."""
+    from c2p import storage
+
+    if storage.is_remote(path):
+        try:
+            storage.S3Path.parse(path)
+            storage.list_names(path)
+        except (ValueError, OSError) as e:
+            raise ConfigError(key, path, f"a reachable s3://bucket/prefix ({e})") from e
+        return
     target = Path(path).expanduser().absolute()
     if target.exists() and not target.is_dir():
         raise ConfigError(key, path, "an output directory (this path is a file)")

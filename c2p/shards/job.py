@@ -28,6 +28,7 @@ The file names are :mod:`c2p.sharddir`'s.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -35,6 +36,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from c2p import storage
 from c2p.config.core import to_yaml
 from c2p.config.render import RenderJobConfig
 from c2p.fileio import atomic_write_bytes
@@ -43,6 +45,7 @@ from c2p.sharddir import ERRORS_NAME, WARNINGS_NAME, ShardDir
 from c2p.shards.faults import FAULT_ENV
 from c2p.shards.output import claim_output, collect_records, completed_shards, finalize_output, prepare_output, remove_staging
 from c2p.shards.plan import make_plan, render_settings
+from c2p.shards import remote as remote_io
 from c2p.shards.record import generation_table
 from c2p.shards.raytasks import init_ray, run_tasks, shutdown_ray
 from c2p.shards.task import STAGES, ShardResult
@@ -75,10 +78,19 @@ def render_job(cfg: RenderJobConfig, address: str | None = None) -> dict[str, An
     from c2p.corpora import open_corpus
 
     t_start = time.perf_counter()
+    corpus = open_corpus(cfg.corpus.name, cfg.corpus.root, cfg.corpus.split, **cfg.corpus.options)
+    remote, remote_tars = "", None
+    if storage.is_remote(cfg.out):  # work in a local stage, move files to and from the bucket
+        remote = cfg.out
+        remote_tars = remote_io.pull_records(remote, remote_io.stage_dir(remote), cfg.job.overwrite)
+        cfg = dataclasses.replace(cfg, out=str(remote_io.stage_dir(remote)))
     out = Path(cfg.out).expanduser()
     shard_dir = ShardDir(out)
-    corpus = open_corpus(cfg.corpus.name, cfg.corpus.root, cfg.corpus.split, **cfg.corpus.options)
+    had_plan = shard_dir.plan.exists()
     previous = claim_output(out, render_settings(cfg), cfg.job.overwrite)
+    if remote and had_plan and previous is None:  # job.overwrite replaced another plan
+        remote_io.delete_job_objects(remote)
+        remote_tars = set()
     refs, listing_errors = corpus.list()
     plan = make_plan(cfg, refs, listing_errors, corpus.labels, previous)
     del refs  # the plan holds what it needs; a 10^7-object listing is worth freeing
@@ -86,9 +98,11 @@ def render_job(cfg: RenderJobConfig, address: str | None = None) -> dict[str, An
         log.warning("%d planned objects are no longer listed by the corpus; they stay in their shards (e.g. %s)",
                     len(plan.vanished), ", ".join(plan.vanished[:3]))
     prepare_output(out, plan)
-    atomic_write_bytes(shard_dir.config, to_yaml(cfg).encode())
+    atomic_write_bytes(shard_dir.config, to_yaml(dataclasses.replace(cfg, out=remote) if remote else cfg).encode())
+    if remote:
+        remote_io.push_plan(out, remote)
 
-    parts = completed_shards(out, plan)
+    parts = completed_shards(out, plan, remote_tars)
     todo = [s for s in plan.shards if s.index not in parts]
     skipped = len(parts)
     results: dict[int, ShardResult] = {}
@@ -97,7 +111,7 @@ def render_job(cfg: RenderJobConfig, address: str | None = None) -> dict[str, An
     if todo:
         connected = init_ray(address)
         try:
-            results, failed, render_s = run_tasks(cfg, plan, todo, os.environ.get(FAULT_ENV, ""))
+            results, failed, render_s = run_tasks(cfg, plan, todo, os.environ.get(FAULT_ENV, ""), upload=remote)
         finally:
             if connected:
                 shutdown_ray()
@@ -107,8 +121,12 @@ def render_job(cfg: RenderJobConfig, address: str | None = None) -> dict[str, An
     remove_staging(out)
 
     index = finalize_output(out, plan, parts)
+    if remote:
+        remote_io.push_index(out, remote)
     previews = []
-    if cfg.job.previews and (results or not shard_dir.previews.exists()) and index.num_samples:
+    if remote and cfg.job.previews:
+        log.info("previews are not made for an s3:// output (its tars are not on this disk)")
+    elif cfg.job.previews and (results or not shard_dir.previews.exists()) and index.num_samples:
         from c2p.shards.preview import write_previews
 
         try:
@@ -141,7 +159,7 @@ def render_job(cfg: RenderJobConfig, address: str | None = None) -> dict[str, An
         "vanished": len(plan.vanished),
         "vanished_uids": plan.vanished[:20],
         "previews": previews,
-        "out": str(out),
+        "out": remote or str(out),
     }
 
 

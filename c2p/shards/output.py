@@ -70,12 +70,13 @@ def remove_staging(out: Path) -> None:
     shutil.rmtree(ShardDir(out).staging, ignore_errors=True)
 
 
-def completed_shards(out: Path, plan: RenderPlan) -> dict[int, dict[str, Any]]:
+def completed_shards(out: Path, plan: RenderPlan, tars: set[str] | None = None) -> dict[int, dict[str, Any]]:
     """Shards of ``plan`` already in ``out``: a ``parts/`` record of the shard's generation and
     its tar. One listing of the directory, then one small read per record: no stat per object
-    or per shard. Returns their records by shard index."""
-    shard_dir = ShardDir(out)
-    tars = {p.name for p in shard_dir.shard_tars()}
+    or per shard. ``tars``: the tar names present (default: those in ``out``; the bucket's for
+    an ``s3://`` output). Returns their records by shard index."""
+    if tars is None:
+        tars = {p.name for p in ShardDir(out).shard_tars()}
     done = {}
     for spec in plan.shards:
         if spec.name not in tars:

@@ -18,12 +18,13 @@ from c2p.shards.task import ShardResult, render_shard
 log = logging.getLogger(__name__)
 
 
-def shard_task(spec: ShardSpec, cfg: RenderJobConfig, actors: list, fault: str) -> ShardResult:
+def shard_task(spec: ShardSpec, cfg: RenderJobConfig, actors: list, fault: str, upload: str) -> ShardResult:
     """Body of the Ray task: :func:`~c2p.shards.task.render_shard` with the EGL context on the
     GPU Ray assigned to this task."""
     import ray
 
-    return render_shard(spec, cfg, feature_actors=actors, device_index=cuda_ordinal(ray.get_gpu_ids()), fault=fault)
+    return render_shard(spec, cfg, feature_actors=actors, device_index=cuda_ordinal(ray.get_gpu_ids()), fault=fault,
+                        upload=upload)
 
 
 def cuda_ordinal(gpu_ids: list) -> int | None:
@@ -73,8 +74,10 @@ def shutdown_ray() -> None:
     ray.shutdown()
 
 
-def run_tasks(cfg: RenderJobConfig, plan: RenderPlan, todo: list[ShardSpec], fault: str) -> tuple[dict[int, ShardResult], list[dict[str, Any]], float]:
-    """Render the ``todo`` shards on Ray with a progress bar.
+def run_tasks(cfg: RenderJobConfig, plan: RenderPlan, todo: list[ShardSpec], fault: str,
+              upload: str = "") -> tuple[dict[int, ShardResult], list[dict[str, Any]], float]:
+    """Render the ``todo`` shards on Ray with a progress bar (``upload``: the ``s3://`` output
+    each task uploads its shard to, see :mod:`c2p.shards.remote`).
 
     Each shard is retried ``job.max_retries`` times; one that still fails is reported, not
     raised, and the others go on. Returns (results by shard index, failed shards as
@@ -105,7 +108,7 @@ def run_tasks(cfg: RenderJobConfig, plan: RenderPlan, todo: list[ShardSpec], fau
         while queue or in_flight:
             while queue and len(in_flight) < limit:
                 spec = queue.pop()
-                in_flight[task.remote(spec, cfg_ref, actors, fault)] = spec
+                in_flight[task.remote(spec, cfg_ref, actors, fault, upload)] = spec
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             for ref in ready:
                 spec = in_flight.pop(ref)

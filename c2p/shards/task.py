@@ -75,13 +75,14 @@ def read_part(out: str | Path, name: str) -> dict[str, Any] | None:
 
 
 def render_shard(spec: ShardSpec, cfg: RenderJobConfig, *, feature_actors: list | None = None,
-                 device_index: int | None = None, fault: str = "") -> ShardResult:
+                 device_index: int | None = None, fault: str = "", upload: str = "") -> ShardResult:
     """Render shard ``spec`` into ``<cfg.out>/<spec.name>`` and its ``parts/`` record.
 
     feature_actors: Ray handles of :class:`c2p.shards.features.ImageFeatureEncoder` actors (the
     one used is picked by shard index), or None for no ``imgfeat``. device_index: GPU for the
     EGL context (None: the default device, llvmpipe on CPU nodes). fault: a ``C2P_FAULT_INJECT``
-    spec (:func:`~c2p.shards.faults.parse_fault`). With ``cfg.job.write_thread`` samples are
+    spec (:func:`~c2p.shards.faults.parse_fault`). upload: the ``s3://`` output the finished
+    shard is uploaded to (``cfg.out`` is then the local stage: :mod:`c2p.shards.remote`). With ``cfg.job.write_thread`` samples are
     encoded and written by a :class:`~c2p.shards.sink.SampleSink` thread while the next objects
     render. Returns the :class:`ShardResult`; raises only for errors that are not the objects' fault.
     """
@@ -156,6 +157,10 @@ def render_shard(spec: ShardSpec, cfg: RenderJobConfig, *, feature_actors: list 
     result = ShardResult(spec.index, spec.name, spec.fingerprint, writer.count, size, records, warnings)
     out.parts.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out.part(spec.name), json.dumps(result.part_record(), indent=1, sort_keys=True).encode())
+    if upload:  # the output is in object storage: this worker uploads its own shard
+        from c2p.shards.remote import push_shard
+
+        push_shard(out.root, upload, spec.name)
     timings["write"] += time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
     result.timings = timings

@@ -21,7 +21,8 @@ from typing import BinaryIO
 
 from c2p.storage.s3 import SCHEME, S3Path, S3ReadStream, StorageError, client, describe, is_missing
 
-__all__ = ["SCHEME", "StorageError", "is_remote", "join", "open_binary", "read_bytes", "list_names", "exists", "take_retries"]
+__all__ = ["SCHEME", "S3Path", "StorageError", "is_remote", "join", "open_binary", "read_bytes", "list_names", "list_tree", "exists",
+           "put_file", "delete", "take_retries"]
 
 _retries = 0
 _retries_lock = threading.Lock()
@@ -99,3 +100,40 @@ def exists(path: str | os.PathLike) -> bool:
         if is_missing(exn) or getattr(exn, "response", {}).get("Error", {}).get("Code") == "404":
             return False
         raise StorageError(f"{path}: HEAD failed ({describe(exn)})") from exn
+
+
+def list_tree(prefix: str) -> dict[str, int]:
+    """``{relative key: size}`` of every object under the ``s3://`` prefix (recursively)."""
+    where = S3Path.parse(prefix)
+    key = where.key.rstrip("/") + "/" if where.key else ""
+    names: dict[str, int] = {}
+    try:
+        for page in client().get_paginator("list_objects_v2").paginate(Bucket=where.bucket, Prefix=key):
+            names.update({obj["Key"][len(key):]: int(obj["Size"]) for obj in page.get("Contents", [])})
+    except Exception as exn:
+        if is_missing(exn):
+            return {}
+        raise StorageError(f"{prefix}: listing failed ({describe(exn)})") from exn
+    return names
+
+
+def put_file(local: str | os.PathLike, url: str) -> None:
+    """Upload the file ``local`` as the object ``url``. The object appears only once complete:
+    one PUT, or a multipart upload (large files) whose completion is its last request; a failed
+    upload leaves no object (boto3 aborts the multipart upload). Retries are boto3's."""
+    where = S3Path.parse(url)
+    try:
+        client().upload_file(str(local), where.bucket, where.key)
+    except Exception as exn:
+        raise StorageError(f"{url}: upload of {local} failed ({describe(exn)})") from exn
+
+
+def delete(urls: list[str]) -> None:
+    """Delete the objects ``urls`` (missing ones are fine)."""
+    for url in urls:
+        where = S3Path.parse(url)
+        try:
+            client().delete_object(Bucket=where.bucket, Key=where.key)
+        except Exception as exn:
+            if not is_missing(exn):
+                raise StorageError(f"{url}: delete failed ({describe(exn)})") from exn
