@@ -91,6 +91,7 @@ class TrainConfig:
     epoch_samples: int = option(0, "samples per epoch for the schedule (0: from index.json)", ge=0)
     log_every: int = option(10, "steps between metric lines", ge=1)
     deterministic: bool = option(False, "deterministic algorithms: a resumed run repeats the uninterrupted one bit for bit (slower)")
+    peak_tflops: float = option(0.0, "peak TFLOP/s per rank that MFU is taken against (0: measured at start, a matmul in the run's precision)", ge=0.0)
 
 
 @dataclass
