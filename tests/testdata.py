@@ -9,6 +9,7 @@
 - :func:`tiny_overrides`: the tiny pre-training config pointed at a shard directory;
 - towers whose outputs are known: :class:`CoverageTower` (visual), :class:`WordSumText` with
   :class:`WordTokenizer` (text).
+- :func:`vit_forward_flops`: a hand count of a ViT's FLOPs, what the measured MFU is checked against.
 
     sample = object_sample("blobs", "o0001", "c1", 1, points, imgfeat={"tiny": feats})
     write_shard_dir(root, [[s0, s1], [s2]], corpus="blobs", labels=["c0", "c1"])
@@ -279,3 +280,16 @@ class WordSumText(nn.Module):
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.words(tokens).sum(dim=1)
+
+
+def vit_forward_flops(image: int, patch: int, width: int, layers: int, embed: int, mlp_ratio: int = 4) -> int:
+    """Hand count of one image through an open_clip ViT (2 FLOPs per multiply-add): the patch
+    convolution, per block the QKV, output, and two MLP projections and attention's QKᵀ and AV
+    over T = patches + 1 (class) tokens, and the final projection to the embedding."""
+    grid = (image // patch) ** 2
+    tokens = grid + 1
+    conv = 2 * grid * (3 * patch * patch) * width
+    block = (2 * tokens * width * 3 * width + 2 * tokens * width * width  # qkv, out
+             + 2 * 2 * tokens * width * mlp_ratio * width  # fc1, fc2
+             + 2 * 2 * tokens * tokens * width)  # QKᵀ, AV over all heads
+    return conv + layers * block + 2 * width * embed

@@ -179,6 +179,26 @@ def _shuffle(samples: Iterator[dict], bufsize: int, rng: random.Random) -> Itera
     return wds.shuffle(bufsize, initial=min(100, bufsize), rng=rng)(samples)
 
 
+def pin_batches(device: torch.device) -> bool:
+    """Whether batches bound for ``device`` should wait in page-locked host memory: on CUDA only,
+    where a copy from pinned memory runs asynchronously (``non_blocking``) beside the compute,
+    while from pageable memory it blocks the host. Pinning costs host memory and a copy, so not
+    for CPU runs (and pinning needs a CUDA driver)."""
+    return torch.device(device).type == "cuda"
+
+
+def batch_to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """``batch`` with its tensors on ``device``; other entries (keys) as they are.
+
+    Copies to an accelerator are ``non_blocking``: from the pinned batches of a CUDA stream
+    (:func:`pin_batches`) they overlap with the compute already queued, and CUDA orders them
+    before any kernel that reads them on the same stream. On the CPU nothing is copied.
+    """
+    device = torch.device(device)
+    non_blocking = device.type != "cpu"
+    return {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 class PretrainStream:
     """Batches of pre-training examples for one rank, resumable exactly.
 
@@ -195,6 +215,9 @@ class PretrainStream:
     ``key list[str]``. The batch of step ``s`` is a function of (seed, rank, s, batch_size,
     workers, reseed_every) only; see the module docstring.
 
+    ``device``: where the batches go. On a CUDA device the DataLoader hands out batches in
+    page-locked (pinned) memory, so that :func:`batch_to_device` copies them asynchronously.
+
     Raises FileNotFoundError naming the path when a shard directory, its index or a tar is
     missing, ConfigError for settings it cannot honour.
     """
@@ -210,6 +233,7 @@ class PretrainStream:
         start_step: int = 0,
         views_per_object: int = 10,
         reseed_every: int = 500,
+        device: torch.device | str = "cpu",
     ):
         cfg.validate()
         if not cfg.shards:
@@ -224,6 +248,7 @@ class PretrainStream:
             raise ConfigError("data.weights", cfg.weights, "at least one positive weight")
         self.cfg, self.rank, self.world_size, self.seed = cfg, rank, world_size, seed
         self.batch_size, self.reseed_every, self.step = batch_size, reseed_every, start_step
+        self.device = torch.device(device)
         self.sources = [resolve_shards(spec) for spec in cfg.shards]  # FileNotFoundError names the path
         self.weights = weights
         self.lanes = max(1, cfg.workers)
@@ -268,7 +293,7 @@ class PretrainStream:
                 batch_size=None,  # the dataset batches: a batch is one lane's, made in one worker
                 num_workers=self.cfg.workers,
                 prefetch_factor=2,
-                pin_memory=torch.cuda.is_available(),  # page-locked batches: async copies to the GPU
+                pin_memory=pin_batches(self.device),
             )
         for batch in batches:
             made_for = batch.pop("step")

@@ -2,8 +2,10 @@
 
 EGL's default device is Mesa's llvmpipe on CPU machines; on GPU nodes EGL lists every GPU,
 whatever CUDA_VISIBLE_DEVICES says, so a process renders on its own GPU only if the EGL index
-is chosen from its CUDA ordinal (:func:`select_egl_device`). :func:`create_context` opens the
-OpenGL 3.3 context the mesh renderer draws with.
+is chosen from its CUDA ordinal (:func:`select_egl_device`). Which CUDA ordinal is this
+process's: the one it is told, else its local rank's (:func:`local_cuda_ordinal`: one process
+per GPU, as torchrun, ``srun`` and submitit start them), else the current CUDA device.
+:func:`create_context` opens the OpenGL 3.3 context the mesh renderer draws with.
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from c2p.render import RenderError
 
-__all__ = ["create_context", "select_egl_device"]
+__all__ = ["create_context", "select_egl_device", "local_cuda_ordinal"]
+
+#: Where launchers put a process's rank on its node (torchrun, our cluster layer; SLURM's own name last).
+_LOCAL_RANK_VARS = ("LOCAL_RANK", "SLURM_LOCALID")
 
 
 def _load_torch_compiler_first() -> None:
@@ -59,12 +64,31 @@ def _egl_devices_cuda_ordinals() -> list[Optional[int]]:
     return out
 
 
+def local_cuda_ordinal(environ: Mapping[str, str], device_count: int) -> Optional[int]:
+    """The CUDA ordinal of this process's GPU when one process runs per GPU: local rank modulo
+    ``device_count`` (the GPUs this process sees: with one GPU bound per task, as ``srun
+    --gpu-bind`` does, every rank sees its own GPU as ordinal 0). None without GPUs or without a
+    local rank in ``environ`` (``LOCAL_RANK``, else ``SLURM_LOCALID``).
+
+    Raises ValueError naming the variable when it is not a non-negative integer.
+    """
+    if device_count < 1:
+        return None
+    for name in _LOCAL_RANK_VARS:
+        value = environ.get(name, "").strip()
+        if value:
+            if not value.isdigit():
+                raise ValueError(f"{name}={value!r}: expected a local rank, an integer >= 0")
+            return int(value) % device_count
+    return None
+
+
 def select_egl_device(device_index: Optional[int] = None) -> Optional[int]:
     """The EGL device index (glcontext's ``device_index``) for CUDA device ``device_index`` of this process.
 
     device_index: CUDA ordinal as this process sees it (i.e. after CUDA_VISIBLE_DEVICES); None: the
-    current CUDA device when CUDA is available, otherwise None (EGL's default device: llvmpipe on
-    CPU machines). EGL lists every GPU whatever CUDA_VISIBLE_DEVICES says, so the ordinal is matched
+    local rank's GPU (:func:`local_cuda_ordinal`), or the current CUDA device when no local rank is
+    set; on machines without CUDA None (EGL's default device: llvmpipe on CPU machines). EGL lists every GPU whatever CUDA_VISIBLE_DEVICES says, so the ordinal is matched
     through the NVIDIA EGL_CUDA_DEVICE_NV attribute; where no device reports it, the physical index
     from CUDA_VISIBLE_DEVICES is used as the EGL index (the usual order on NVIDIA-only nodes).
     """
@@ -74,9 +98,12 @@ def select_egl_device(device_index: Optional[int] = None) -> Optional[int]:
 
             if not torch.cuda.is_available():
                 return None
-            device_index = torch.cuda.current_device()
+            count, current = torch.cuda.device_count(), torch.cuda.current_device()
         except Exception:  # noqa: BLE001 - no usable CUDA: the default EGL device
             return None
+        device_index = local_cuda_ordinal(os.environ, count)
+        if device_index is None:
+            device_index = current
     try:
         ordinals = _egl_devices_cuda_ordinals()
     except OSError:

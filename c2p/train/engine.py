@@ -22,7 +22,8 @@ from c2p.config.pretrain import PretrainConfig
 
 log = logging.getLogger("c2p.train")
 
-__all__ = ["DistInfo", "collective_timeout", "init_distributed", "resolve_device", "resolve_precision", "deepspeed_config",
+__all__ = ["DistInfo", "collective_timeout", "init_distributed", "resolve_device", "resolve_precision", "resolve_backend",
+           "deepspeed_config",
            "build_optimizer", "build_engine", "set_lr", "micro_batch_size"]
 
 
@@ -43,10 +44,26 @@ def resolve_device(local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
 
 
-def resolve_precision(cfg: PretrainConfig, device: torch.device) -> str:
-    """``auto``: bf16 on GPU, fp32 on CPU (CPU bf16 matmuls are slow and gloo has no bf16 reductions)."""
+def _bf16_supported(device: torch.device) -> bool:
+    if device.type != "cuda":
+        return False
+    with torch.cuda.device(device):
+        return torch.cuda.is_bf16_supported()
+
+
+def resolve_precision(cfg: PretrainConfig, device: torch.device, *, bf16_supported: bool | None = None) -> str:
+    """``train.precision`` on ``device``. ``auto``: bf16 on a GPU that has bf16 arithmetic (Ampere
+    and later), else fp32 (CPU bf16 matmuls are slow and gloo has no bf16 reductions; fp16 with
+    loss scaling is not offered). An explicit ``bf16`` on a CUDA device without it is refused.
+
+    bf16_supported: whether ``device`` computes in bf16 (None: ask the CUDA driver; False on CPUs).
+    """
+    if bf16_supported is None:
+        bf16_supported = _bf16_supported(device)
     if cfg.train.precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
+        return "bf16" if device.type == "cuda" and bf16_supported else "fp32"
+    if cfg.train.precision == "bf16" and device.type == "cuda" and not bf16_supported:
+        raise ConfigError("train.precision", "bf16", f"fp32 or auto: {device} has no bf16 arithmetic (needs compute capability >= 8.0)")
     return cfg.train.precision
 
 
@@ -59,6 +76,16 @@ def collective_timeout(cfg: PretrainConfig) -> timedelta:
     """
     t = cfg.train
     return timedelta(seconds=t.collective_timeout_s or (2 * t.watchdog_s if t.watchdog_s else 1800.0))
+
+
+def resolve_backend(cfg: PretrainConfig, device: torch.device) -> str:
+    """``train.backend`` on ``device``. ``auto``: NCCL on a CUDA device, gloo elsewhere; NCCL
+    without a CUDA device is refused (it reduces GPU tensors only)."""
+    if cfg.train.backend == "auto":
+        return "nccl" if device.type == "cuda" else "gloo"
+    if cfg.train.backend == "nccl" and device.type != "cuda":
+        raise ConfigError("train.backend", "nccl", f"gloo or auto on {device} (NCCL needs a CUDA device per rank)")
+    return cfg.train.backend
 
 
 def init_distributed(cfg: PretrainConfig) -> DistInfo:
@@ -74,9 +101,7 @@ def init_distributed(cfg: PretrainConfig) -> DistInfo:
 
     place = setup_env_from_cluster()
     device = resolve_device(place.local_rank)
-    backend = cfg.train.backend
-    if backend == "auto":
-        backend = "nccl" if device.type == "cuda" else "gloo"
+    backend = resolve_backend(cfg, device)  # refuses NCCL on a CPU before the process group opens
     if device.type == "cuda":
         torch.cuda.set_device(device)
     elif "OMP_NUM_THREADS" not in os.environ:

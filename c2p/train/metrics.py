@@ -69,11 +69,13 @@ class MetricsLogger:
                 if isinstance(v, (int, float)) and math.isfinite(v):
                     self._tb.add_scalar(f"train/{k}", v, step)
         log.info(
-            "step %d/%d  loss %.4f (cross %.4f intra %.4f)  w %.3f  lr %.2e  top1 %.3f  classes/batch %.1f  %.1f samples/s  data-wait %.0f%%",
+            "step %d/%d  loss %.4f (cross %.4f intra %.4f)  w %.3f  lr %.2e  top1 %.3f  classes/batch %.1f  %.1f samples/s"
+            "  MFU %.2f%%  data-wait %.0f%%  ckpt-stall %.2fs",
             step, self.total_steps, values.get("loss", float("nan")), values.get("loss_cross", float("nan")),
             values.get("loss_intra", float("nan")), values.get("w", float("nan")), values.get("lr", float("nan")),
             values.get("retrieval_top1", float("nan")), values.get("batch_classes", float("nan")),
-            values.get("samples_per_s", float("nan")), 100 * values.get("data_wait_frac", float("nan")),
+            values.get("samples_per_s", float("nan")), 100 * values.get("mfu", float("nan")),
+            100 * values.get("data_wait_frac", float("nan")), values.get("ckpt_stall_s", float("nan")),
         )
 
     def close(self) -> None:

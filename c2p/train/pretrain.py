@@ -20,7 +20,6 @@ import functools
 import json
 import logging
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -34,6 +33,7 @@ from c2p.train.checkpoint import CheckpointManager, ResumeTarget, tag_name
 from c2p.train.engine import set_lr
 from c2p.train.metrics import MetricsLogger
 from c2p.train.watchdog import Watchdog
+from c2p.train.throughput import Throughput, build_throughput, format_summary, model_flops_per_sample
 
 log = logging.getLogger("c2p.train")
 
@@ -94,40 +94,23 @@ def _micro_step(engine, image_tower, batch: dict, cfg: PretrainConfig, gen: torc
     """Render two augmented depth views per object on ``device``, get the image features, and
     run forward/backward/step of one micro-batch (DeepSpeed steps the optimizer at the
     accumulation boundary). Returns the module's loss dict."""
+    from c2p.data.stream import batch_to_device
     from c2p.render import render_depth_pair
 
-    points, view = batch["points"].to(device, non_blocking=True), batch["view"].to(device)
+    batch = batch_to_device(batch, device)  # asynchronous from pinned memory on a GPU
+    points, view = batch["points"], batch["view"]
     depth = render_depth_pair(points, view[:, 0], view[:, 1], view[:, 2], jitter=cfg.depth.dist_jitter,
                               image_size=cfg.depth.image_size, radius=cfg.depth.radius, generator=gen,
                               point_keep=cfg.depth.point_keep, angle_jitter=cfg.depth.angle_jitter)
     if "imgfeat" in batch:  # precomputed at shard time: the frozen image tower is skipped
-        feat = batch["imgfeat"].to(device, dtype)
+        feat = batch["imgfeat"].to(dtype)
     else:
         with torch.no_grad():
-            feat = image_tower(batch["image"].to(device, dtype))
+            feat = image_tower(batch["image"].to(dtype))
     out = engine(depth.to(dtype), feat)
     engine.backward(out["loss"])
     engine.step()
     return out
-
-
-class _StepClock:
-    """Throughput and the fraction of wall time spent waiting for the data stream, per log interval."""
-
-    def __init__(self, step: int):
-        self.t, self.wait, self.step = time.perf_counter(), 0.0, step
-
-    @contextlib.contextmanager
-    def waiting(self):
-        t0 = time.perf_counter()
-        yield
-        self.wait += time.perf_counter() - t0
-
-    def lap(self, step: int, batch_size: int) -> dict:
-        now = time.perf_counter()
-        out = {"samples_per_s": (step - self.step) * batch_size / (now - self.t), "data_wait_frac": self.wait / (now - self.t)}
-        self.t, self.wait, self.step = now, 0.0, step
-        return out
 
 
 _MEAN_KEYS = ("loss", "loss_cross", "loss_intra", "w", "retrieval_top1", "batch_classes")
@@ -218,14 +201,17 @@ class Trainer:
     state: TrainState
     run_dir: Path
     resumed_from: int | None
+    throughput: Throughput
     guards: contextlib.ExitStack = dataclasses.field(default_factory=contextlib.ExitStack)
     """released when the run ends (:meth:`close`): rank 0's lease on the run directory, the progress watchdog"""
 
     def train(self) -> dict:
-        """Train up to ``train.steps``; returns ``dict(step, run_dir, checkpoint, export, resumed_from, last)``
-        (``last``: the final micro-batch's loss terms, floats)."""
-        cfg, state = self.cfg, self.state
-        clock, out, batches = _StepClock(state.step), {}, iter(self.stream)
+        """Train up to ``train.steps``; returns ``dict(step, run_dir, checkpoint, export, resumed_from, last,
+        throughput)`` (``last``: the final micro-batch's loss terms, floats; ``throughput``: the run's
+        :meth:`~c2p.train.throughput.Throughput.summary`)."""
+        cfg, state, clock = self.cfg, self.state, self.throughput
+        out, batches = {}, iter(self.stream)
+        clock.start(state.step)
         while state.step < cfg.train.steps:
             lr = self.schedule(state.step)
             set_lr(self.engine, lr)
@@ -239,9 +225,10 @@ class Trainer:
             last = state.step == cfg.train.steps
             if state.step % cfg.train.log_every == 0 or last:  # a collective: same steps on every rank
                 self.metrics.log(state.step, _step_metrics(out, batch, self.stream, self.device, self.world_size)
-                                 | clock.lap(state.step, cfg.train.batch_size) | {"lr": lr, "samples": state.samples})
-            self.checkpoints.save(self.engine, state.step, state.state_dict(), last=last,
-                                  rank_state=lambda: {"data": self.stream.state_dict()})
+                                 | clock.lap(state.step) | {"lr": lr, "samples": state.samples})
+            with clock.checkpointing():
+                self.checkpoints.save(self.engine, state.step, state.state_dict(), last=last,
+                                      rank_state=lambda: {"data": self.stream.state_dict()})
             self.watchdog.beat(state.step)
         return self._finish(out)
 
@@ -256,11 +243,14 @@ class Trainer:
         self.guards.close()
 
     def _finish(self, out: dict) -> dict:
-        """Export the final tag (when ``checkpoint.export``), close the metrics, wait for every rank."""
+        """Log the throughput summary, export the final tag (when ``checkpoint.export``), close the
+        metrics, wait for every rank."""
         import torch.distributed as dist
 
         from c2p.train.export import EXPORT_DIR, export_after_training
 
+        throughput = self.throughput.summary(self.state.step)  # a collective
+        log.info(format_summary(throughput))
         final = self.checkpoints.root / tag_name(self.state.step)
         export = None
         if self.cfg.checkpoint.export:  # a collective (the probe forward)
@@ -270,7 +260,8 @@ class Trainer:
         if dist.is_initialized() and self.world_size > 1:
             dist.barrier()
         return {"step": self.state.step, "run_dir": str(self.run_dir), "checkpoint": str(final), "export": export,
-                "resumed_from": self.resumed_from, "last": {k: float(v.detach()) for k, v in out.items()} if out else {}}
+                "resumed_from": self.resumed_from, "last": {k: float(v.detach()) for k, v in out.items()} if out else {},
+                "throughput": throughput}
 
 
 def setup(cfg: PretrainConfig) -> Trainer:
@@ -296,6 +287,8 @@ def setup(cfg: PretrainConfig) -> Trainer:
     signature = model_signature(cfg, image_tower)
     if cfg.depth.image_size != signature["image_size"]:
         raise ConfigError("depth.image_size", cfg.depth.image_size, f"the image size of {cfg.model.name} ({signature['image_size']})")
+    # counted on CPU copies now: after build_engine, ZeRO-3 leaves only this rank's partition in the module
+    flops = model_flops_per_sample(model.depth, None if cfg.data.imgfeat_tag else image_tower, cfg.depth.image_size)
     schedule = _lr_schedule(cfg)
 
     run_dir = Path(cfg.run.dir) / cfg.run.name
@@ -318,14 +311,16 @@ def setup(cfg: PretrainConfig) -> Trainer:
     # checkpoint step reads exactly the batches the uninterrupted run read (c2p.data.stream).
     stream = PretrainStream(cfg.data, rank=rank, world_size=world, seed=cfg.run.seed, batch_size=micro,
                             start_step=state.step * cfg.train.grad_accum,
-                            reseed_every=cfg.checkpoint.every * cfg.train.grad_accum)
+                            reseed_every=cfg.checkpoint.every * cfg.train.grad_accum, device=device)
     if rank_state.get("data"):  # same world size: this rank's counters and stream position (and seed)
         stream.load_state_dict(rank_state["data"])
     metrics = MetricsLogger(run_dir, rank, cfg.train.steps)
+    throughput = build_throughput(flops, device=device, dtype=dtype, world_size=world,
+                                  samples_per_step=cfg.train.batch_size, step=state.step, peak_tflops=cfg.train.peak_tflops)
     log.info("rank %d/%d on %s (%s), ZeRO-%d, micro-batch %d x %d accum, %s", rank, world, device, precision,
              cfg.train.zero_stage, micro, cfg.train.grad_accum, signature)
     trainer = Trainer(cfg, rank, world, device, dtype, engine, image_tower, stream, ckpt, metrics, schedule,
-                      state, run_dir, resumed_from=state.step if target else None)
+                      state, run_dir, resumed_from=state.step if target else None, throughput=throughput)
     if lease is not None:
         trainer.guards.callback(lease.release)
     trainer.watchdog  # noqa: B018  started here: a rank stuck before its first step is caught too

@@ -1,4 +1,4 @@
-"""Step time of the DeepSpeed ZeRO-2 engine vs plain PyTorch DDP: same model, batch, optimizer.
+"""Step time and MFU of the DeepSpeed ZeRO-2 engine vs plain PyTorch DDP: same model, batch, optimizer.
 
     python tests/benchmarks/bench_engine.py [--model c2p-small] [--batch 16] [--rounds 6] [--steps 5]
 
@@ -8,8 +8,11 @@ same seed: once wrapped in ``torch.nn.parallel.DistributedDataParallel`` with th
 ``c2p.train.engine.build_engine`` (ZeRO-2, fp32). Inputs are fixed tensors (no data loading,
 no rendering) so only the training step is timed: forward, backward, gradient reduction,
 clipping, optimizer step. The two alternate in rounds so machine noise hits both alike; a
-barrier precedes each timed step. Prints one JSON object: per-step medians (ms) and the
-ratio zero2/ddp (target <= 1.10).
+barrier precedes each timed step. MFU of each: per-rank samples/s at the median step time x
+the model FLOPs per sample (depth tower forward + backward on the 2 depth views, counted by
+``c2p.train.throughput.model_flops_per_sample``; no image tower: the features are inputs) over
+the rank's peak, a matmul measured by ``measure_peak_flops`` on its core before the timing.
+Prints one JSON object: per-step medians (ms), the ratio zero2/ddp (target <= 1.10) and both MFUs.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ def worker(args: argparse.Namespace) -> None:
     from c2p.config.pretrain import PretrainConfig
     from c2p.train.engine import build_engine, build_optimizer, init_distributed
     from c2p.train.pretrain import build_clip2point
+    from c2p.train.throughput import measure_peak_flops, model_flops_per_sample
 
     world = int(os.environ["WORLD_SIZE"])
     cfg = load_config(PretrainConfig, REPO / "configs" / "pretrain" / "tiny.yaml", [
@@ -51,6 +55,11 @@ def worker(args: argparse.Namespace) -> None:
     g = torch.Generator().manual_seed(rank)
     depth = torch.randn(args.batch, 2, 3, size, size, generator=g)
     feat = torch.randn(args.batch, image_tower.output_dim, generator=g)
+    flops = model_flops_per_sample(model_ddp.depth, None, size).total
+    dist.barrier()  # both ranks measure their core at the same time, as they train
+    peak = torch.tensor([measure_peak_flops(torch.device("cpu"), torch.float32)], dtype=torch.float64)
+    dist.all_reduce(peak)
+    peak_rank = float(peak) / world
 
     ddp = torch.nn.parallel.DistributedDataParallel(model_ddp)
     opt = build_optimizer(model_ddp, cfg)
@@ -92,6 +101,11 @@ def worker(args: argparse.Namespace) -> None:
             "zero2_ms_median": round(ds_ms, 2), "ratio_zero2_over_ddp": round(ds_ms / ddp_ms, 3), "target_ratio": 1.10,
             "ddp_ms_p10_p90": [round(float(t[0].quantile(q)) * 1e3, 2) for q in (0.1, 0.9)],
             "zero2_ms_p10_p90": [round(float(t[1].quantile(q)) * 1e3, 2) for q in (0.1, 0.9)],
+            "flops_per_sample": flops, "peak_tflops_rank_measured": round(peak_rank / 1e12, 4),
+            "ddp_samples_per_s_rank": round(args.batch / ddp_ms * 1e3, 1),
+            "zero2_samples_per_s_rank": round(args.batch / ds_ms * 1e3, 1),
+            "ddp_mfu": round(args.batch / (ddp_ms / 1e3) * flops / peak_rank, 4),
+            "zero2_mfu": round(args.batch / (ds_ms / 1e3) * flops / peak_rank, 4),
         }), flush=True)
     dist.barrier()
 

@@ -221,3 +221,34 @@ def test_zero_stage_trains_on_two_ranks(tmp_path, blob_shards, stage):
         tower = load_file(run / "export" / "depth_tower.safetensors")
         for k, v in tower.items():
             torch.testing.assert_close(sd["depth.visual." + k].float(), v)
+
+
+def test_metrics_carry_throughput_mfu_data_wait_and_checkpoint_stall(tmp_path, blob_shards):
+    """2 gloo ranks, 4 steps, a checkpoint at step 2: every record has the throughput fields with
+    plausible values, the FLOPs per sample are c2p-tiny's hand count, and the end-of-run summary
+    is in the log and the result."""
+    from testdata import vit_forward_flops
+
+    from c2p.models.clip import TINY_CONFIGS
+
+    out = launch(2, base_overrides(blob_shards, tmp_path, "tp") + [
+        "train.steps=4", "checkpoint.every=2", "checkpoint.export=false"])[0]
+    m = read_metrics(tmp_path / "tp")
+    assert [r["step"] for r in m] == [1, 2, 3, 4]
+    v = TINY_CONFIGS["c2p-tiny"]["vision_cfg"]
+    fwd = vit_forward_flops(v["image_size"], v["patch_size"], v["width"], v["layers"], TINY_CONFIGS["c2p-tiny"]["embed_dim"])
+    for r in m:
+        assert r["flops_per_sample"] > 2 * fwd * 2.85  # depth tower fwd + bwd on 2 views; imgfeat: no image tower
+        assert r["flops_per_sample"] < 2 * fwd * 3
+        assert 0 < r["mfu"] <= 1 and r["peak_tflops"] > 0
+        assert r["mfu"] == pytest.approx(r["samples_per_s_rank"] * r["flops_per_sample"] / (r["peak_tflops"] * 1e12))
+        assert r["samples_per_s"] == pytest.approx(2 * r["samples_per_s_rank"]) and r["samples_per_s"] > 0
+        assert 0 <= r["data_wait_frac"] < 1 and r["ckpt_stall_s"] >= 0
+    assert m[2]["ckpt_stall_s"] > 0.01  # step 3's interval holds the save of step 2
+    assert m[2]["ckpt_stall_s"] > 10 * max(m[0]["ckpt_stall_s"], m[1]["ckpt_stall_s"])
+    assert "MFU" in out and "ckpt-stall" in out  # the progress line
+    line = next(x for x in out.splitlines() if "throughput:" in x)
+    assert "samples/s" in line and "MFU" in line and "data wait" in line and "checkpoint stall" in line
+    summary = json.loads(out.strip().splitlines()[-1])["throughput"]
+    assert summary["steps"] == 4 and 0 < summary["mfu"] <= 1 and summary["ckpt_stall_s"] > m[2]["ckpt_stall_s"]
+    assert summary["flops"]["depth_forward"] == 2 * fwd and summary["flops"]["image_forward"] == 0
