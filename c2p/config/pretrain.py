@@ -91,6 +91,9 @@ class TrainConfig:
     epoch_samples: int = option(0, "samples per epoch for the schedule (0: from index.json)", ge=0)
     log_every: int = option(10, "steps between metric lines", ge=1)
     deterministic: bool = option(False, "deterministic algorithms: a resumed run repeats the uninterrupted one bit for bit (slower)")
+    nonfinite: str = option("stop", "a NaN/inf loss term: stop the run before the step is committed, or skip the batch "
+                            "(no backward, no optimizer step; the next batch takes its place)", choices=["stop", "skip"])
+    nonfinite_max_skips: int = option(10, "train.nonfinite=skip: batches skipped per job before the run stops anyway", ge=0)
 
 
 @dataclass

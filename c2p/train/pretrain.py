@@ -31,6 +31,7 @@ from c2p.config.pretrain import PretrainConfig
 from c2p.train.checkpoint import CheckpointManager, ResumeTarget, tag_name
 from c2p.train.engine import set_lr
 from c2p.train.metrics import MetricsLogger
+from c2p.train.nonfinite import NonFiniteGuard
 
 log = logging.getLogger("c2p.train")
 
@@ -87,10 +88,11 @@ def _seed_step(seed: int, rank: int, step: int, device: torch.device) -> torch.G
 
 
 def _micro_step(engine, image_tower, batch: dict, cfg: PretrainConfig, gen: torch.Generator,
-                device: torch.device, dtype: torch.dtype) -> dict:
+                device: torch.device, dtype: torch.dtype, guard: NonFiniteGuard | None = None, step: int = 0) -> dict | None:
     """Render two augmented depth views per object on ``device``, get the image features, and
     run forward/backward/step of one micro-batch (DeepSpeed steps the optimizer at the
-    accumulation boundary). Returns the module's loss dict."""
+    accumulation boundary). Returns the module's loss dict; None when ``guard`` (a collective
+    between forward and backward) skips the batch for a non-finite loss of optimizer step ``step``."""
     from c2p.render import render_depth_pair
 
     points, view = batch["points"].to(device, non_blocking=True), batch["view"].to(device)
@@ -103,6 +105,8 @@ def _micro_step(engine, image_tower, batch: dict, cfg: PretrainConfig, gen: torc
         with torch.no_grad():
             feat = image_tower(batch["image"].to(device, dtype))
     out = engine(depth.to(dtype), feat)
+    if guard is not None and not guard.loss_ok(out, step):
+        return None
     engine.backward(out["loss"])
     engine.step()
     return out
@@ -215,6 +219,7 @@ class Trainer:
     state: TrainState
     run_dir: Path
     resumed_from: int | None
+    guard: NonFiniteGuard | None = None
 
     def train(self) -> dict:
         """Train up to ``train.steps``; returns ``dict(step, run_dir, checkpoint, export, resumed_from, last)``
@@ -226,9 +231,12 @@ class Trainer:
             set_lr(self.engine, lr)
             gen = _seed_step(cfg.run.seed, self.rank, state.step, self.device)
             for _ in range(cfg.train.grad_accum):
-                with clock.waiting():
-                    batch = next(batches)
-                out = _micro_step(self.engine, self.image_tower, batch, cfg, gen, self.device, self.dtype)
+                out = None
+                while out is None:  # a batch the non-finite guard skips is replaced by the next one
+                    with clock.waiting():
+                        batch = next(batches)
+                    out = _micro_step(self.engine, self.image_tower, batch, cfg, gen, self.device, self.dtype,
+                                      self.guard, state.step + 1)
             state.step += 1
             state.samples += cfg.train.batch_size
             last = state.step == cfg.train.steps
@@ -236,7 +244,8 @@ class Trainer:
                 self.metrics.log(state.step, _step_metrics(out, batch, self.stream, self.device, self.world_size)
                                  | clock.lap(state.step, cfg.train.batch_size) | {"lr": lr, "samples": state.samples})
             self.checkpoints.save(self.engine, state.step, state.state_dict(), last=last,
-                                  rank_state=lambda: {"data": self.stream.state_dict()})
+                                  rank_state=lambda: {"data": self.stream.state_dict()},
+                                  before=self.guard and functools.partial(self.guard.check_weights, self.engine, state.step))
         return self._finish(out)
 
     def _finish(self, out: dict) -> dict:
@@ -305,8 +314,9 @@ def setup(cfg: PretrainConfig) -> Trainer:
     metrics = MetricsLogger(run_dir, rank, cfg.train.steps)
     log.info("rank %d/%d on %s (%s), ZeRO-%d, micro-batch %d x %d accum, %s", rank, world, device, precision,
              cfg.train.zero_stage, micro, cfg.train.grad_accum, signature)
+    guard = NonFiniteGuard(cfg.train.nonfinite, cfg.train.nonfinite_max_skips, rank, world, device)
     return Trainer(cfg, rank, world, device, dtype, engine, image_tower, stream, ckpt, metrics, schedule,
-                   state, run_dir, resumed_from=state.step if target else None)
+                   state, run_dir, resumed_from=state.step if target else None, guard=guard)
 
 
 def run(cfg: PretrainConfig) -> dict:
