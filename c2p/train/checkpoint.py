@@ -37,18 +37,8 @@ import torch
 
 from c2p.config.core import config_diff
 from c2p.fileio import TMP_SUFFIX, atomic_write_bytes
-from c2p.train.ckptverify import (
-    CHECKSUM,
-    FileProblem,
-    all_gather_objects,
-    build_manifest,
-    dist_place,
-    gather_objects_to_rank0,
-    hash_own_files,
-    problems_text,
-    verify_files,
-    verify_marker,
-)
+from c2p.train.ckptverify import (CHECKSUM, FileProblem, all_gather_objects, build_manifest, dist_place,
+                                  gather_objects_to_rank0, hash_own_files, problems_text, verify_files, verify_marker)
 
 log = logging.getLogger("c2p.train")
 
