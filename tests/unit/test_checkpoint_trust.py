@@ -110,8 +110,8 @@ def test_damaged_newest_tag_falls_back_with_a_warning_and_keep_k_keeps_the_good_
     _tag(root, 50, manifest=False)
     m._prune()
     assert [t.step for t in committed_tags(root)] == [20, 30, 50]
-    # what an old manager (no verification) would have kept: the newest K, i.e. only the damaged 30
-    assert _manager(root, keep=1).resolve("auto").source.step == 50  # unverifiable, loaded with a warning
+    # (keep-K alone would have kept only 50 and deleted 20, the one tag known to be intact)
+    assert _manager(root, keep=1).resolve("auto").source.step == 50  # no checksums: loaded, with a warning
     assert "committed without checksums" in caplog.text
 
 
