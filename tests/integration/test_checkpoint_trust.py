@@ -118,6 +118,30 @@ def test_a_nonfinite_loss_stops_the_run_before_the_step_is_committed(tmp_path, b
     assert (ckpts / "latest").read_text() == "step_00000001" and not (tmp_path / "nan" / "export").exists()
 
 
+@pytest.mark.slow
+def test_skip_policy_drops_batches_with_a_nan_on_any_rank_and_trains_on(tmp_path):
+    """One object of 32 carries a NaN image feature: every batch holding it has a NaN loss on the
+    one rank that drew it. train.nonfinite=skip: both ranks drop that batch together and draw
+    the next; the run ends with finite metrics, weights and export."""
+    import numpy as np
+    from testdata import object_sample, unit_sphere_points, write_shard_dir
+
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((32, 64)).astype(np.float32)
+    feats[0] = np.nan
+    samples = [object_sample("blobs", f"o{i:04d}", f"c{i % 4}", i % 4, unit_sphere_points(rng, 256), views=[[0.0, 0.0, 1.0]],
+                             imgfeat={"tiny": feats[i][None]}) for i in range(32)]
+    shards = write_shard_dir(tmp_path / "shards", [samples[s::4] for s in range(4)], corpus="blobs", labels=[f"c{j}" for j in range(4)])
+    outs = launch(2, base_overrides(shards, tmp_path, "skip") + [
+        "train.nonfinite=skip", "train.nonfinite_max_skips=50", "train.steps=4", "checkpoint.every=2"])
+    skips = [re.findall(r"non-finite loss at step (\d+): loss_cross=nan on rank (\d).*skipping this batch", out) for out in outs]
+    assert skips[0] and skips[0] == skips[1], outs[0][-3000:]  # both ranks dropped the same batches
+    assert "1" in {r for _, r in skips[0]}  # rank 0, its own loss finite, dropped a batch for rank 1's NaN
+    m = read_metrics(tmp_path / "skip")
+    assert [r["step"] for r in m] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in m)
+    assert steps(tmp_path / "skip" / "checkpoints") == [2, 4] and (tmp_path / "skip" / "export" / "depth_tower.safetensors").is_file()
+
+
 def test_evaluation_refuses_a_tower_with_nonfinite_weights(tmp_path, capsys):
     from safetensors.torch import save_file
 
