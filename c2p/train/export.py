@@ -122,8 +122,11 @@ def export_after_training(engine, cfg: PretrainConfig, tag_dir: Path, out_dir: P
     The probe is ``images`` [2,3,S,S] float (S = ``depth.image_size``, standard normal) and
     ``features`` [2,D] float32, the engine's depth-tower output for them. A collective: every
     rank runs the probe forward (under ZeRO-3 the parameters are gathered across ranks); rank 0
-    writes the files and returns the safetensors path, other ranks return None.
+    writes the files and returns the safetensors path, other ranks return None. When rank 0's
+    export is refused (a damaged tag, NaN/inf weights) every rank raises, naming the cause, so
+    none waits in the run's last barrier for a rank that is gone.
     """
+    import torch.distributed as dist
     from safetensors.torch import save_file
 
     size = cfg.depth.image_size
@@ -132,11 +135,21 @@ def export_after_training(engine, cfg: PretrainConfig, tag_dir: Path, out_dir: P
     with torch.no_grad():
         feats = engine.module.depth(probe.to(device, dtype)).float().cpu()
     engine.module.train()
-    if rank != 0:
-        return None
-    path = export_depth_tower(tag_dir, out_dir)
-    save_file({"images": probe.contiguous(), "features": feats.contiguous()}, str(out_dir / PROBE_FILE))
-    return str(path)
+    path, error = None, None
+    if rank == 0:
+        try:
+            path = export_depth_tower(tag_dir, out_dir)
+            save_file({"images": probe.contiguous(), "features": feats.contiguous()}, str(out_dir / PROBE_FILE))
+        except (ValueError, RuntimeError, OSError) as e:
+            error = e
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        box = [None if error is None else f"{type(error).__name__}: {error}"]
+        dist.broadcast_object_list(box, src=0)
+        if rank != 0 and box[0]:
+            raise RuntimeError(f"the export on rank 0 failed: {box[0]}")
+    if error is not None:
+        raise error
+    return str(path) if path else None
 
 
 def export_run(run_dir: str | Path, tag: str | None = None, out_dir: str | Path | None = None) -> Path:

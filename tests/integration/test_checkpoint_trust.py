@@ -142,6 +142,17 @@ def test_skip_policy_drops_batches_with_a_nan_on_any_rank_and_trains_on(tmp_path
     assert steps(tmp_path / "skip" / "checkpoints") == [2, 4] and (tmp_path / "skip" / "export" / "depth_tower.safetensors").is_file()
 
 
+@pytest.mark.slow
+def test_a_failed_export_at_the_end_of_training_ends_every_rank(tmp_path, blob_shards):
+    """The export folder cannot be made (a file is in the way): rank 0's export fails and rank 1,
+    instead of waiting for it in the run's last barrier, exits too, naming rank 0's error."""
+    (tmp_path / "blocked").mkdir()
+    (tmp_path / "blocked" / "export").write_text("not a folder")
+    outs = launch(2, base_overrides(blob_shards, tmp_path, "blocked") + ["train.steps=1"], expect_rc={0: 1, 1: 1})
+    assert "FileExistsError" in outs[0]
+    assert "the export on rank 0 failed: FileExistsError" in outs[1]
+
+
 def test_evaluation_refuses_a_tower_with_nonfinite_weights(tmp_path, capsys):
     from safetensors.torch import save_file
 
