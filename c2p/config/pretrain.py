@@ -95,6 +95,9 @@ class TrainConfig:
     collective_timeout_s: float = option(0.0, "timeout of one collective of the default process group in seconds (0: 2 x train.watchdog_s, or 1800 with the watchdog off)", ge=0.0)
     peak_tflops: float = option(0.0, "peak TFLOP/s per rank that MFU is taken against (0: measured at start, a matmul in the run's precision)", ge=0.0)
 
+    nonfinite: str = option("stop", "a NaN/inf loss term: stop the run before the step is committed, or skip the batch "
+                            "(no backward, no optimizer step; the next batch takes its place)", choices=["stop", "skip"])
+    nonfinite_max_skips: int = option(10, "train.nonfinite=skip: batches skipped per job before the run stops anyway", ge=0)
     def validate(self) -> None:
         if 0 < self.watchdog_s < 1:
             raise ConfigError("train.watchdog_s", self.watchdog_s, "0 (off) or at least 1 second")

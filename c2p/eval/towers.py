@@ -88,7 +88,8 @@ def load_depth_tower(path: str | Path, like: nn.Module, model_name: str = "") ->
     Accepts keys as saved by ``CLIP2PointModel.depth_tower_state_dict()`` (plain visual-tower
     keys), optionally prefixed ``visual.``/``depth_tower.``/``encoder.``. Raises
     :class:`EvalError` naming the file, the tensor and both shapes when the checkpoint belongs
-    to another model size, or listing missing keys.
+    to another model size, naming the file and the tensor when a weight is NaN/inf, or listing
+    missing keys.
     """
     from c2p.models.clip import read_state_dict
 
@@ -120,6 +121,14 @@ def load_depth_tower(path: str | Path, like: nn.Module, model_name: str = "") ->
             raise EvalError(
                 f"encoder.depth_tower: {path} is a checkpoint of another model size: tensor {k!r} has shape "
                 f"{list(v.shape)} in the file but {list(own[k].shape)} in {what}"
+            )
+    for k, v in fixed.items():  # a diverged run's export: every feature would be NaN, every score chance
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            n_bad = sum(int((~torch.isfinite(t)).sum()) for t in fixed.values() if t.is_floating_point())
+            raise EvalError(
+                f"encoder.depth_tower: {path} holds non-finite weights: tensor {k!r} has "
+                f"{int((~torch.isfinite(v)).sum())} NaN/inf values of {v.numel()} ({n_bad} in the file); "
+                "expected finite weights (the pre-training run diverged or the file is damaged)"
             )
     missing = [k for k in own if k not in fixed]
     unexpected = [k for k in fixed if k not in own]

@@ -3,13 +3,17 @@
 Layout under ``<run>/checkpoints/``::
 
     step_00000500/                 a DeepSpeed tag (one shard file per rank + model states)
-        c2p_commit.json            commit marker: written LAST, after every rank finished
+        c2p_commit.json            commit marker: written LAST, after every rank finished; lists
+                                   size and sha256 of every file of the tag (c2p.train.ckptverify)
     step_00000500_universal/       universal-format cache (made on demand for another world size)
     latest                         newest committed tag name (DeepSpeed's format; written after the marker)
     zero_to_fp32.py                DeepSpeed's own recovery script (copied by DeepSpeed)
 
 A tag exists only if its commit marker does: discovery ignores folders without it, so a
-save killed mid-write is never resumed from. :class:`CheckpointManager` owns the whole
+save killed mid-write is never resumed from, and a tag is only loaded after its files match
+the marker: a damaged newest tag is skipped, with a warning naming the file, for the newest one
+that verifies. Every load of a tag's files is weights-only (:mod:`c2p.train.ckptload`): a
+checkpoint file cannot run code. :class:`CheckpointManager` owns the whole
 policy (when to save, commit, ``latest``, keep-K, what to resume from, conversion); the
 training loop only calls ``resolve``/``prepare``/``load`` once and ``save`` every step.
 :mod:`c2p.train.export` writes the engine-free depth tower of a committed tag.
@@ -32,13 +36,16 @@ from typing import Callable
 import torch
 
 from c2p.config.core import config_diff
-from c2p.fileio import atomic_write_bytes
+from c2p.fileio import TMP_SUFFIX, atomic_write_bytes
+from c2p.train.ckptverify import (CHECKSUM, FileProblem, all_gather_objects, build_manifest, dist_place,
+                                  gather_objects_to_rank0, hash_own_files, problems_text, verify_files, verify_marker)
 
 log = logging.getLogger("c2p.train")
 
 __all__ = [
     "TAG_PATTERN", "COMMIT_NAME", "LATEST_NAME", "KILL_ENV", "DUMP_ENV", "tag_name", "CommittedTag", "ResumeTarget",
-    "CheckpointMismatchError", "CheckpointManager", "committed_tags", "read_commit", "consolidated_state_dict",
+    "CheckpointMismatchError", "CheckpointIntegrityError", "CheckpointManager", "committed_tags", "read_commit",
+    "verify_tag",
 ]
 
 TAG_PATTERN = re.compile(r"^step_(\d{8})$")
@@ -47,6 +54,8 @@ LATEST_NAME = "latest"
 UNIVERSAL_SUFFIX = "_universal"
 UNIVERSAL_DONE = "c2p_universal.json"
 RANK_STATE = "c2p_rank{rank:05d}.json"
+# Files of a tag folder the manifest does not list: the marker itself (and its tmp while written).
+_NOT_HASHED = (COMMIT_NAME, COMMIT_NAME + TMP_SUFFIX)
 # Fault injection: "STEP:RANK" makes that rank exit right after its shard of tag STEP is written,
 # before the commit marker (simulates a node lost mid-save).
 KILL_ENV = "C2P_CKPT_KILL_AFTER_SHARD"
@@ -64,6 +73,10 @@ def tag_name(step: int) -> str:
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint of another model (architecture or embedding size) than the one being built."""
+
+
+class CheckpointIntegrityError(ValueError):
+    """A committed tag whose files do not match its commit marker (missing, truncated, altered)."""
 
 
 @dataclass
@@ -99,12 +112,18 @@ def _atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def read_commit(tag_dir: Path) -> dict | None:
-    """The commit marker (JSON) of a tag folder, or None when the tag was never committed."""
+def read_commit_file(path: Path) -> dict | None:
+    """A marker file's JSON object, or None when it is absent or unreadable."""
     try:
-        return json.loads((tag_dir / COMMIT_NAME).read_text())
+        meta = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
+    return meta if isinstance(meta, dict) else None
+
+
+def read_commit(tag_dir: Path) -> dict | None:
+    """The commit marker (JSON) of a tag folder, or None when the tag was never committed."""
+    return read_commit_file(tag_dir / COMMIT_NAME)
 
 
 def committed_tags(root: str | Path) -> list[CommittedTag]:
@@ -121,6 +140,12 @@ def committed_tags(root: str | Path) -> list[CommittedTag]:
         if meta is not None:
             out.append(CommittedTag(d.name, int(m.group(1)), d, meta))
     return sorted(out, key=lambda t: t.step)
+
+
+def verify_tag(tag: CommittedTag, share: tuple[int, int] = (0, 1)) -> list[FileProblem] | None:
+    """Files of ``tag`` that do not match its commit marker (``[]``: intact); None for a tag
+    committed before markers listed checksums. ``share``: see :func:`c2p.train.ckptverify.verify_files`."""
+    return verify_marker(tag.path, tag.meta, share=share, skip=_NOT_HASHED)
 
 
 def _barrier() -> None:
@@ -156,6 +181,10 @@ class CheckpointManager:
         self.every, self.keep = every, keep
         self.signature, self.config, self.config_hash = signature, config, config_hash
         self.last_saved: int | None = None
+        # Tags known good (verified at resume, or written and hashed by this process) and known
+        # damaged (failed verification): pruning never deletes the newest good one or a damaged one.
+        self.trusted: set[str] = set()
+        self.damaged: set[str] = set()
 
     # ------------------------------------------------------------------ discovery / resume
 
@@ -164,19 +193,21 @@ class CheckpointManager:
         return committed_tags(self.root)
 
     def resolve(self, resume: str) -> ResumeTarget | None:
-        """``auto``: newest committed tag here (None: fresh start); ``none``: fresh start;
-        a path: that tag folder, or the newest committed tag of a checkpoints/run folder.
+        """``auto``: newest committed tag here that verifies (None: fresh start); ``none``: fresh
+        start; a path: that tag folder, or the newest verifying tag of a checkpoints/run folder.
 
-        Refuses a checkpoint of another model (:class:`CheckpointMismatchError`) and logs
-        every config key that differs from the checkpoint's. Pure file reads, no collective.
+        A collective when a process group is up: the ranks split the hashing of each candidate
+        tag and agree on the verdict. A damaged newest tag is skipped with a warning naming the
+        file; a damaged tag asked for by path, or a folder where no tag verifies, raises
+        :class:`CheckpointIntegrityError`. Refuses a checkpoint of another model
+        (:class:`CheckpointMismatchError`) and logs every config key that differs from it.
         """
         if resume == "none":
             return None
         if resume == "auto":
-            tags = self.committed()
-            if not tags:
+            src = self._newest_intact(self.committed(), self.root)
+            if src is None:
                 return None
-            src = tags[-1]
         else:
             src = self._tag_from_path(Path(resume))
         self._check_compatible(src)
@@ -185,6 +216,51 @@ class CheckpointManager:
             cache = src.path.parent / (src.tag + UNIVERSAL_SUFFIX)
             return ResumeTarget(src, cache.parent, cache.name, True)
         return ResumeTarget(src, src.path.parent, src.tag, False)
+
+    def _verify(self, tag: CommittedTag) -> list[str] | None:
+        """Collective: the problems of ``tag`` found by all ranks together (None: no checksums to check)."""
+        t0, (rank, world) = time.perf_counter(), dist_place()
+        mine = verify_tag(tag, share=(rank, world))
+        found = all_gather_objects(None if mine is None else [str(p) for p in mine])
+        if found[0] is None:
+            return None
+        problems = [p for part in found for p in part]
+        files = tag.meta["files"]
+        log.info("verified %s: %d files, %.1f MB, %s in %.2f s", tag.tag, len(files),
+                 sum(f["size"] for f in files.values()) / 1e6, "intact" if not problems else "DAMAGED",
+                 time.perf_counter() - t0)
+        return problems
+
+    def _accept(self, tag: CommittedTag) -> list[str] | None:
+        """Verify ``tag`` (collective) and record the verdict; returns its problems (None: unverifiable)."""
+        problems = self._verify(tag)
+        if problems is None:
+            log.warning("checkpoint %s was committed without checksums (before c2p verified checkpoints): "
+                        "loading it unverified", tag.path)
+        elif problems:
+            self.damaged.add(tag.tag)
+        else:
+            self.trusted.add(tag.tag)
+        return problems
+
+    def _newest_intact(self, tags: list[CommittedTag], where: Path) -> CommittedTag | None:
+        """The newest of ``tags`` that verifies, warning about each newer one that does not."""
+        skipped = []
+        for tag in reversed(tags):
+            problems = self._accept(tag)
+            if not problems:
+                if skipped:
+                    log.warning("resuming from %s, the newest committed tag that verifies (skipped: %s)", tag.tag,
+                                ", ".join(skipped))
+                return tag
+            skipped.append(tag.tag)
+            log.warning("checkpoint %s fails verification, not resuming from it: %s", tag.path, problems_text(problems))
+        if skipped:
+            raise CheckpointIntegrityError(
+                f"no committed tag in {where} verifies ({', '.join(skipped)} are damaged; see the warnings above); "
+                "expected at least one intact tag. Restore the files, resume from another run's tag, or start over "
+                "with checkpoint.resume=none")
+        return None
 
     def _tag_from_path(self, path: Path) -> CommittedTag:
         if not path.exists():
@@ -195,11 +271,17 @@ class CheckpointManager:
             if meta is None:
                 raise ValueError(f"checkpoint.resume={str(path)!r} has no {COMMIT_NAME}: the save never finished; "
                                  "expected a committed tag")
-            return CommittedTag(path.name, int(m.group(1)), path, meta)
+            tag = CommittedTag(path.name, int(m.group(1)), path, meta)
+            problems = self._accept(tag)
+            if problems:
+                raise CheckpointIntegrityError(
+                    f"checkpoint.resume={str(path)!r} fails verification: {problems_text(problems)}; expected a tag whose "
+                    "files match its commit marker (use checkpoint.resume=auto for the newest intact tag)")
+            return tag
         for root in (path, path / "checkpoints"):
             tags = committed_tags(root)
             if tags:
-                return tags[-1]
+                return self._newest_intact(tags, root)
         raise FileNotFoundError(f"checkpoint.resume={str(path)!r} holds no committed step_XXXXXXXX tag")
 
     def _check_compatible(self, src: CommittedTag) -> None:
@@ -228,14 +310,22 @@ class CheckpointManager:
         _broadcast_error(err, self.rank)
 
     def _convert_universal(self, src: CommittedTag, out: Path) -> None:
-        if (out / UNIVERSAL_DONE).is_file():
-            log.info("using cached universal checkpoint %s", out)
-            return
+        """Rank 0: ``src`` (verified by :meth:`resolve`) in universal format at ``out``, reusing a
+        cache whose files still match the manifest in its done-marker."""
+        done = read_commit_file(out / UNIVERSAL_DONE)
+        if done is not None:
+            problems = verify_files(out, done.get("files", {}), skip=(UNIVERSAL_DONE,)) if "files" in done else None
+            if problems is None or not problems:
+                log.info("using cached universal checkpoint %s%s", out, "" if problems is not None else " (unverified)")
+                return
+            log.warning("cached universal checkpoint %s fails verification (%s): converting %s again", out,
+                        problems_text(problems), src.tag)
         tmp = out.with_name("." + out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         log.info("converting %s (world %d, ZeRO-%d) to universal format for world %d",
                  src.path, src.world_size, src.zero_stage, self.world_size)
-        cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(src.path),
+        # DeepSpeed's converter, run with weights-only loads (it calls torch.load(weights_only=False) itself)
+        cmd = [sys.executable, "-m", "c2p.train.ckptload", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(src.path),
                "--output_folder", str(tmp), "--inject_missing_state", "--num_extract_workers", "1",
                "--num_merge_workers", "1"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -244,7 +334,9 @@ class CheckpointManager:
         # The converter points a 'latest_universal' file at its (temporary) output; ours is `out`.
         _atomic_write_text(out.parent / "latest_universal", out.name)
         shutil.copy2(src.path / COMMIT_NAME, tmp / COMMIT_NAME)
-        _atomic_write_text(tmp / UNIVERSAL_DONE, json.dumps({"source": src.tag, "time": time.time()}))
+        files = build_manifest(tmp, [], skip=(UNIVERSAL_DONE,))
+        _atomic_write_text(tmp / UNIVERSAL_DONE, json.dumps({"source": src.tag, "time": time.time(), "checksum": CHECKSUM,
+                                                             "files": files}))
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
 
@@ -254,8 +346,11 @@ class CheckpointManager:
         Returns (the saved ``c2p`` client state, this rank's own saved state or ``{}`` when the
         world size changed: rank r of another world is another data lane).
         """
-        path, client = engine.load_checkpoint(str(target.load_dir), tag=target.tag, load_optimizer_states=True,
-                                              load_lr_scheduler_states=False)
+        from c2p.train.ckptload import weights_only_loads
+
+        with weights_only_loads():  # DeepSpeed's own loads included: a tag's files cannot run code
+            path, client = engine.load_checkpoint(str(target.load_dir), tag=target.tag, load_optimizer_states=True,
+                                                  load_lr_scheduler_states=False)
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load {target.load_dir / target.tag}")
         state = dict((client or {}).get("c2p", {}))
@@ -278,41 +373,48 @@ class CheckpointManager:
         return step != self.last_saved and (last or step % self.every == 0)
 
     def save(self, engine, step: int, state: dict, *, last: bool = False,
-             rank_state: Callable[[], dict] | None = None) -> Path | None:
+             rank_state: Callable[[], dict] | None = None, before: Callable[[], None] | None = None) -> Path | None:
         """Collective: every rank calls it every step; it saves when due.
 
         ``state``: run state (rank 0's is kept); ``rank_state()``: this rank's own JSON state
-        (its data-stream position), written by every rank beside its shard.
-        Order: every rank writes its shard -> barrier -> rank 0 writes the commit marker
-        (tmp, fsync, rename) -> ``latest`` -> prune old tags. Returns the tag folder if saved.
+        (its data-stream position), written by every rank beside its shard; ``before()``: a
+        collective check run before anything is written (it raises to refuse the save, e.g.
+        non-finite weights). Order: every rank writes its shard, fsyncs and hashes its own files
+        -> gather to rank 0 -> rank 0 writes the commit marker with the manifest (tmp, fsync,
+        rename) -> ``latest`` -> prune old tags. Returns the tag folder if saved.
         """
         if not self.should_save(step, last):
             return None
+        if before is not None:
+            before()
         tag = tag_name(step)
         tag_dir = self.root / tag
         if self.rank == 0:
             self.root.mkdir(parents=True, exist_ok=True)
             if tag_dir.exists():  # leftovers of a save that died before its marker: never mix shards
+                if tag in self.damaged:
+                    log.warning("replacing the damaged checkpoint %s by a new save of step %d", tag_dir, step)
                 shutil.rmtree(tag_dir, ignore_errors=True)
+                self.damaged.discard(tag)
         _barrier()
         client = {"c2p": dict(state, step=step), **_UNIVERSAL_INFO}
         engine.save_checkpoint(str(self.root), tag=tag, client_state=client, save_latest=False)
         if rank_state is not None:
             _atomic_write_text(tag_dir / RANK_STATE.format(rank=self.rank), json.dumps(rank_state(), default=str))
         self._maybe_die(step)
-        _barrier()  # DeepSpeed's save ends in one too; ours makes the commit rule explicit
+        own = hash_own_files(tag_dir, self.rank, self.world_size, skip=_NOT_HASHED)  # hot in the page cache
+        # The gather is the commit rule's barrier: rank 0 goes on only once every rank's files are written.
+        parts = gather_objects_to_rank0(own)
         if self.rank == 0:
-            for f in tag_dir.rglob("*"):
-                if f.is_file():
-                    with open(f, "rb") as fh:
-                        os.fsync(fh.fileno())
             marker = {
                 "tag": tag, "step": step, "world_size": self.world_size, "zero_stage": self.zero_stage,
                 "signature": self.signature, "config_hash": self.config_hash, "config": self.config,
                 "state": client["c2p"], "time": time.time(), "versions": _versions(),
+                "checksum": CHECKSUM, "files": build_manifest(tag_dir, parts, skip=_NOT_HASHED),
             }
             _atomic_write_text(tag_dir / COMMIT_NAME, json.dumps(marker, indent=1, default=str))
             _atomic_write_text(self.root / LATEST_NAME, tag)
+            self.trusted.add(tag)
             self._prune()
         self.last_saved = step
         log.info("saved checkpoint %s", tag_dir)
@@ -326,14 +428,19 @@ class CheckpointManager:
             os._exit(17)
 
     def _prune(self) -> None:
-        """Keep the newest ``keep`` committed tags; drop older ones and uncommitted leftovers.
+        """Keep the newest ``keep`` committed tags that are not known damaged, and the newest known
+        good one (even when newer tags are unverified); drop older ones and uncommitted leftovers.
+        Damaged tags are left for the operator (a new save of their step replaces them).
 
         A failed delete is logged and skipped: it never stops a save or the run.
         """
         tags = self.committed()
         if not tags:
             return
-        keep = {t.tag for t in tags[-self.keep:]}
+        healthy = [t for t in tags if t.tag not in self.damaged]
+        keep = {t.tag for t in healthy[-self.keep:]} | self.damaged
+        trusted = [t.tag for t in healthy if t.tag in self.trusted]
+        keep |= set(trusted[-1:])
         newest = tags[-1].step
         for d in self.root.iterdir():
             base = d.name.removesuffix(UNIVERSAL_SUFFIX)
@@ -350,28 +457,3 @@ def _versions() -> dict:
     import deepspeed
 
     return {"torch": torch.__version__, "deepspeed": deepspeed.__version__, "python": sys.version.split()[0]}
-
-
-# ---------------------------------------------------------------------- reading a tag's weights
-
-
-def consolidated_state_dict(tag_dir: str | Path) -> dict[str, torch.Tensor]:
-    """fp32 state dict of the whole trainable module of a tag: parameter name -> contiguous fp32
-    CPU tensor of the parameter's full (unpartitioned) shape, for any ZeRO stage.
-
-    ZeRO 1-3 (and bf16) tags go through DeepSpeed's own ``zero_to_fp32``; a ZeRO-0 fp32 tag
-    holds the full module in its model-states file. :mod:`c2p.train.export` turns it into the
-    depth-tower file; it lives here because reading DeepSpeed's tag format (and importing
-    DeepSpeed) is this module's job.
-    """
-    tag_dir = Path(tag_dir)
-    if any(tag_dir.glob("*optim_states.pt")):
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        sd = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
-    else:
-        files = sorted(tag_dir.glob("mp_rank_*_model_states.pt"))
-        if not files:
-            raise FileNotFoundError(f"{tag_dir}: no mp_rank_*_model_states.pt; expected a DeepSpeed tag folder")
-        sd = torch.load(files[0], map_location="cpu", weights_only=True)["module"]  # tensors, dicts, strings only
-    return {k: v.float().contiguous() for k, v in sd.items()}

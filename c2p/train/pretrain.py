@@ -32,8 +32,9 @@ from c2p.lease import Lease
 from c2p.train.checkpoint import CheckpointManager, ResumeTarget, tag_name
 from c2p.train.engine import set_lr
 from c2p.train.metrics import MetricsLogger
-from c2p.train.watchdog import Watchdog
+from c2p.train.nonfinite import NonFiniteGuard
 from c2p.train.throughput import Throughput, build_throughput, format_summary, model_flops_per_sample
+from c2p.train.watchdog import Watchdog
 
 log = logging.getLogger("c2p.train")
 
@@ -90,10 +91,11 @@ def _seed_step(seed: int, rank: int, step: int, device: torch.device) -> torch.G
 
 
 def _micro_step(engine, image_tower, batch: dict, cfg: PretrainConfig, gen: torch.Generator,
-                device: torch.device, dtype: torch.dtype) -> dict:
+                device: torch.device, dtype: torch.dtype, guard: NonFiniteGuard | None = None, step: int = 0) -> dict | None:
     """Render two augmented depth views per object on ``device``, get the image features, and
     run forward/backward/step of one micro-batch (DeepSpeed steps the optimizer at the
-    accumulation boundary). Returns the module's loss dict."""
+    accumulation boundary). Returns the module's loss dict; None when ``guard`` (a collective
+    between forward and backward) skips the batch for a non-finite loss of optimizer step ``step``."""
     from c2p.data.stream import batch_to_device
     from c2p.render import render_depth_pair
 
@@ -108,6 +110,8 @@ def _micro_step(engine, image_tower, batch: dict, cfg: PretrainConfig, gen: torc
         with torch.no_grad():
             feat = image_tower(batch["image"].to(dtype))
     out = engine(depth.to(dtype), feat)
+    if guard is not None and not guard.loss_ok(out, step):
+        return None
     engine.backward(out["loss"])
     engine.step()
     return out
@@ -202,6 +206,7 @@ class Trainer:
     run_dir: Path
     resumed_from: int | None
     throughput: Throughput
+    guard: NonFiniteGuard | None = None
     guards: contextlib.ExitStack = dataclasses.field(default_factory=contextlib.ExitStack)
     """released when the run ends (:meth:`close`): rank 0's lease on the run directory, the progress watchdog"""
 
@@ -217,9 +222,12 @@ class Trainer:
             set_lr(self.engine, lr)
             gen = _seed_step(cfg.run.seed, self.rank, state.step, self.device)
             for _ in range(cfg.train.grad_accum):
-                with clock.waiting():
-                    batch = next(batches)
-                out = _micro_step(self.engine, self.image_tower, batch, cfg, gen, self.device, self.dtype)
+                out = None
+                while out is None:  # a batch the non-finite guard skips is replaced by the next one
+                    with clock.waiting():
+                        batch = next(batches)
+                    out = _micro_step(self.engine, self.image_tower, batch, cfg, gen, self.device, self.dtype,
+                                      self.guard, state.step + 1)
             state.step += 1
             state.samples += cfg.train.batch_size
             last = state.step == cfg.train.steps
@@ -228,7 +236,8 @@ class Trainer:
                                  | clock.lap(state.step) | {"lr": lr, "samples": state.samples})
             with clock.checkpointing():
                 self.checkpoints.save(self.engine, state.step, state.state_dict(), last=last,
-                                      rank_state=lambda: {"data": self.stream.state_dict()})
+                                      rank_state=lambda: {"data": self.stream.state_dict()},
+                                      before=self.guard and functools.partial(self.guard.check_weights, self.engine, state.step))
             self.watchdog.beat(state.step)
         return self._finish(out)
 
@@ -319,8 +328,10 @@ def setup(cfg: PretrainConfig) -> Trainer:
                                   samples_per_step=cfg.train.batch_size, step=state.step, peak_tflops=cfg.train.peak_tflops)
     log.info("rank %d/%d on %s (%s), ZeRO-%d, micro-batch %d x %d accum, %s", rank, world, device, precision,
              cfg.train.zero_stage, micro, cfg.train.grad_accum, signature)
+    guard = NonFiniteGuard(cfg.train.nonfinite, cfg.train.nonfinite_max_skips, rank, world, device)
     trainer = Trainer(cfg, rank, world, device, dtype, engine, image_tower, stream, ckpt, metrics, schedule,
-                      state, run_dir, resumed_from=state.step if target else None, throughput=throughput)
+                      state, run_dir, resumed_from=state.step if target else None, throughput=throughput,
+                      guard=guard)
     if lease is not None:
         trainer.guards.callback(lease.release)
     trainer.watchdog  # noqa: B018  started here: a rank stuck before its first step is caught too

@@ -45,7 +45,7 @@ def _sources() -> list[Path]:
 ROOMS = {
     "ray": ("c2p/shards/",),
     "moderngl": ("c2p/render/egl.py",),
-    "deepspeed": ("c2p/train/engine.py", "c2p/train/checkpoint.py"),
+    "deepspeed": ("c2p/train/engine.py", "c2p/train/checkpoint.py", "c2p/train/ckptload.py"),
     "submitit": ("c2p/cluster/",),
     # the write side of the data: the commands and the demo drive it, the library never does
     "c2p.shards": ("c2p/shards/", "c2p/cli/", "c2p/demo/"),
