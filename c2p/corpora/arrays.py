@@ -29,7 +29,7 @@ from c2p.corpora.base import (
     require_file,
 )
 
-__all__ = ["ArrayCorpus", "check_clouds", "check_labels", "read_names", "write_names"]
+__all__ = ["ArrayCorpus", "check_clouds", "check_labels", "read_h5_clouds", "read_names", "write_names"]
 
 
 def read_names(path: Path) -> list[str]:
@@ -80,6 +80,23 @@ def check_labels(source: str | Path, labels: np.ndarray, count: int, num_classes
             source, f"labels in [{arr.min()}, {arr.max()}]; expected 0..{num_classes - 1} (the {num_classes} classes of {names_source})"
         )
     return arr
+
+
+def read_h5_clouds(path: Path, num_classes: int, names_source: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(data [N,P,3] float32, labels [N] int64)`` of a release h5 file with ``data`` and ``label``
+    members (ModelNet40's HDF5 release, ScanObjectNN), checked as :func:`check_clouds` and
+    :func:`check_labels` do; raises CorpusError naming the file."""
+    import h5py
+
+    require_file(path)
+    try:
+        with h5py.File(path, "r") as f:
+            if "data" not in f or "label" not in f:
+                raise CorpusError(path, f"h5 members {sorted(f.keys())}; expected 'data' and 'label'")
+            data = check_clouds(path, f["data"][()])
+            return data, check_labels(path, f["label"][()], data.shape[0], num_classes, names_source)
+    except OSError as exc:
+        raise CorpusError(path, f"unreadable h5 ({exc})") from exc
 
 
 class ArrayCorpus(Corpus):

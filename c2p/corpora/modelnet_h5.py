@@ -25,14 +25,8 @@ from typing import Sequence
 
 import numpy as np
 
-from c2p.corpora.arrays import (
-    ArrayCorpus,
-    check_clouds,
-    check_labels,
-    read_names,
-    write_names,
-)
-from c2p.corpora.base import CorpusError, require_file
+from c2p.corpora.arrays import ArrayCorpus, read_h5_clouds, read_names, write_names
+from c2p.corpora.base import CorpusError
 
 __all__ = ["ModelNetH5Corpus", "write_modelnet_h5", "SHAPE_NAMES"]
 
@@ -58,8 +52,6 @@ class ModelNetH5Corpus(ArrayCorpus):
     up_axis = "y"
 
     def __init__(self, root: str | Path, split: str = "test", name: str | None = None):
-        import h5py
-
         super().__init__(root, split, name)
         names_file = self.root / SHAPE_NAMES
         self._set_classes(read_names(names_file))
@@ -69,15 +61,7 @@ class ModelNetH5Corpus(ArrayCorpus):
                 raise CorpusError(self.root, f"no {s}_files.txt and no ply_data_{s}*.h5; expected the {s} split of the HDF5 release")
             row = 0
             for path in files:
-                require_file(path)
-                try:
-                    with h5py.File(path, "r") as f:
-                        if "data" not in f or "label" not in f:
-                            raise CorpusError(path, f"h5 members {sorted(f.keys())}; expected 'data' and 'label'")
-                        data = check_clouds(path, f["data"][()])
-                        labels = check_labels(path, f["label"][()], data.shape[0], len(self.class_order), names_file)
-                except OSError as exc:
-                    raise CorpusError(path, f"unreadable h5 ({exc})") from exc
+                data, labels = read_h5_clouds(path, len(self.class_order), names_file)
                 row += self._add_array(s, path, data, labels, first_row=row)
 
 

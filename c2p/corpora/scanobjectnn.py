@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from c2p.corpora.arrays import ArrayCorpus, check_clouds, check_labels, read_names, write_names
-from c2p.corpora.base import Corpus, CorpusError, ErrorRecord, ObjectRecord, ObjectRef, check_file, check_points, require_file
+from c2p.corpora.arrays import ArrayCorpus, read_h5_clouds, read_names, write_names
+from c2p.corpora.base import Corpus, CorpusError, ErrorRecord, ObjectRecord, ObjectRef, check_file, check_points
 
 SCANOBJECTNN_CLASSES: list[str] = [
     "bag", "bin", "box", "cabinet", "chair", "desk", "display", "door",
@@ -136,8 +136,6 @@ class ScanObjectNNRelease(ArrayCorpus):
     up_axis = "y"
 
     def __init__(self, root: str | Path, split: str = "test", name: str | None = None, variant: str = "PB_T50_RS"):
-        import h5py
-
         super().__init__(root, split, name)
         self.variant = variant
         folder, stem = variant_files(self.root, variant)
@@ -145,16 +143,7 @@ class ScanObjectNNRelease(ArrayCorpus):
         self._set_classes(read_names(names_file) if names_file else SCANOBJECTNN_CLASSES)
         for s in ("train", "test") if split == "all" else (split,):
             path = h5_path(folder, s, stem)
-            require_file(path)
-            try:
-                with h5py.File(path, "r") as f:
-                    if "data" not in f or "label" not in f:
-                        raise CorpusError(path, f"h5 members {sorted(f.keys())}; expected 'data' and 'label'")
-                    data = check_clouds(path, f["data"][()])
-                    labels = check_labels(path, f["label"][()], data.shape[0], len(self.class_order),
-                                          names_file or "the release's 15-class list")
-            except OSError as exc:
-                raise CorpusError(path, f"unreadable h5 ({exc})") from exc
+            data, labels = read_h5_clouds(path, len(self.class_order), names_file or "the release's 15-class list")
             self._add_array(s, path, data, labels)
 
 
