@@ -2,7 +2,7 @@
 or missing file of the newest tag makes the resume fall back to the newest intact tag naming the
 file (and keep-K keeps it); a checkpoint file carrying code runs nothing, in the export command
 and in a resume; a non-finite loss stops the run before the step is committed; evaluation
-refuses a diverged tower. The policy on hand-built tags: tests/unit/test_checkpoint_trust.py."""
+refuses a diverged tower. The policy on hand-built tags: tests/unit/test_checkpoint_verify.py."""
 
 from __future__ import annotations
 
