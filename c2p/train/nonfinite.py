@@ -91,7 +91,7 @@ class NonFiniteGuard:
         for name, p in engine.module.named_parameters():
             if not p.requires_grad:
                 continue
-            local = getattr(p, "ds_tensor", p).detach()
+            local = _held_values(p, self.rank)
             names.append(name)
             counts.append((~torch.isfinite(local)).sum())
         if not names:
@@ -104,3 +104,15 @@ class NonFiniteGuard:
                 f"non-finite weights after step {step}: parameter {names[k]!r} holds {int(total[k])} NaN/inf values "
                 f"({len(bad)} of {len(names)} parameters affected): stopping before step {step} is committed; the "
                 "newest committed checkpoint is untouched. Lower optim.lr, then resume.")
+
+
+def _held_values(p: torch.nn.Parameter, rank: int) -> torch.Tensor:
+    """The values of ``p`` this rank holds: all of them, or under ZeRO-3 the real part of its
+    partition (``ds_tensor`` is padded to equal sizes; the padding past ``ds_numel`` is never
+    written and may hold anything, NaN included)."""
+    part = getattr(p, "ds_tensor", None)
+    if part is None:
+        return p.detach()
+    size = part.numel()
+    valid = max(0, min(size, int(p.ds_numel) - rank * size))
+    return part.detach().flatten()[:valid]
