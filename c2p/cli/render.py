@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from c2p import storage
 from c2p.cli.base import command_parser, run_command
 from c2p.cluster import ClusterOptions, add_cluster_args, run_ray_in_slurm
 from c2p.config.core import ConfigError, describe, load_config
@@ -73,12 +74,20 @@ def build_config(args: argparse.Namespace) -> RenderJobConfig:
     return dataclasses.replace(cfg, out=str(Path("shards") / "-".join(p for p in (cfg.corpus.name, cfg.corpus.split) if p)))
 
 
+def slurm_log_dir(out: str) -> Path:
+    """Where the SLURM job's logs go: ``<out>.slurm`` beside a local output; for an ``s3://``
+    output (no local folder to sit beside), ``shards/<bucket>-<prefix>.slurm`` here."""
+    if storage.is_remote(out):
+        return Path("shards").absolute() / (out[len(storage.SCHEME):].strip("/").replace("/", "-") + ".slurm")
+    path = Path(out).absolute()
+    return path.parent / f"{path.name}.slurm"
+
+
 def body(args: argparse.Namespace) -> int:
     cfg = build_config(args)
     check_render(cfg)  # the output can be written, the feature weights load: before plan.json exists
     if args.cluster == "slurm":  # Ray head + workers inside one SLURM job, stopped afterwards
-        out = Path(cfg.out).absolute()
-        summary = run_ray_in_slurm(TARGET, cfg, ClusterOptions.from_args(args), out.parent / f"{out.name}.slurm", dry_run=args.dry_run)
+        summary = run_ray_in_slurm(TARGET, cfg, ClusterOptions.from_args(args), slurm_log_dir(cfg.out), dry_run=args.dry_run)
         if summary is None:  # --dry-run
             return 0
     else:

@@ -86,3 +86,11 @@ def test_bad_config_or_request_is_refused_before_anything_is_written(tmp_path, t
 # ----------------------------------------------------------------------------- --cluster local
 
 
+
+
+def test_render_slurm_logs_sit_beside_a_local_output_and_under_shards_for_a_bucket(tmp_path, monkeypatch):
+    from c2p.cli.render import slurm_log_dir
+
+    monkeypatch.chdir(tmp_path)
+    assert slurm_log_dir("out/syn") == tmp_path / "out" / "syn.slurm"
+    assert slurm_log_dir("s3://data/render/syn/") == tmp_path / "shards" / "data-render-syn.slurm"
