@@ -26,6 +26,7 @@ from typing import Any
 from c2p.cluster.env import free_port
 from c2p.cluster.errors import LaunchError
 from c2p.cluster.options import ClusterOptions
+from c2p.cluster.slurm import node_address
 from c2p.cluster.submit import collect, describe_job, submit
 from c2p.cluster.task import resolve_target
 from c2p.fileio import atomic_write_bytes
@@ -130,7 +131,8 @@ class RayClusterTask:
         state = Path(self.state_dir) / str(job.job_id)
         state.mkdir(parents=True, exist_ok=True)
         token = f"{job.job_id}-{rank}"
-        host_ip = socket.gethostbyname(job.hostname)
+        # Ray wants an IP; SLURM's NodeAddr for this node, resolved only if it is a name.
+        host_ip = socket.gethostbyname(node_address(job.hostname))
         proc = None
         try:
             if rank == 0:

@@ -23,7 +23,7 @@ from c2p.cluster.errors import LaunchError
 from c2p.cluster.options import ClusterOptions, mem_mb
 
 __all__ = ["TERMINAL_STATES", "slurm_parameters", "make_executor", "sbatch_script", "parse_sinfo", "partitions",
-           "check_request", "parse_squeue_state", "slurm_state"]
+           "check_request", "parse_squeue_state", "slurm_state", "parse_node_addr", "node_address"]
 
 # Job states after which a job never runs again (squeue's %T).
 TERMINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "BOOT_FAIL", "OUT_OF_MEMORY",
@@ -204,3 +204,28 @@ def slurm_state(job_id: str) -> str:
     """The job's state from ``squeue`` (works without an accounting database); see :func:`parse_squeue_state`."""
     r = _run(["squeue", "-h", "-j", str(job_id), "-o", "%T", "--states=all"], timeout=30)
     return parse_squeue_state(r.stdout, r.stderr, r.returncode)
+
+
+def parse_node_addr(text: str) -> str | None:
+    """``scontrol show node -o NAME`` output → the node's ``NodeAddr`` (None when absent).
+
+    NodeAddr is how SLURM itself reaches the node: an address, or the node's name again where
+    slurm.conf gives none (then DNS or /etc/hosts resolves it, as for any host name).
+    """
+    m = re.search(r"(?:^|\s)NodeAddr=(\S+)", text)
+    return m.group(1) if m and m.group(1) not in ("(null)", "") else None
+
+
+def node_address(name: str) -> str:
+    """The address SLURM reaches node ``name`` at (its ``NodeAddr``), else ``name`` itself.
+
+    Hosts of a cluster whose names do not resolve everywhere (no DNS entry for the compute
+    network, or a test cluster of network namespaces) still rendezvous: a job's ranks and Ray
+    nodes meet at the address slurm.conf gives, not at whatever the name resolves to. Any
+    failure to ask (no ``scontrol``, an unknown node) falls back to the name.
+    """
+    try:
+        r = subprocess.run(["scontrol", "show", "node", "-o", name], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return name
+    return (parse_node_addr(r.stdout) if r.returncode == 0 else None) or name
