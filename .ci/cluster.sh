@@ -103,7 +103,7 @@ make_host() {  # make_host NAME: namespaces, link to the bridge, address, hostna
 
 write_conf() {  # write_conf N
   local n="$1" cpus mem_mb i nodes=""
-  cpus="$(nproc)"
+  cpus="$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)"  # GNU nproc obeys OMP_NUM_THREADS
   # Every host is this machine: each claims its CPUs and a share of its memory (CR_CPU: memory
   # only bounds --mem requests).
   mem_mb="$(awk -v n="$n" '/MemTotal/ {printf "%d", $2 / 1024 * 0.9 / n}' /proc/meminfo)"

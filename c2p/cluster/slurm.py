@@ -35,6 +35,8 @@ def slurm_parameters(opts: ClusterOptions, *, array: bool = False) -> dict[str, 
     extra: dict[str, Any] = {"requeue": True}
     if opts.mem:
         extra["mem"] = opts.mem  # as given (submitit's own `mem` wants GB as a number)
+    if opts.keep_on_node_failure:
+        extra["no-kill"] = True
     extra.update(opts.sbatch)
     params: dict[str, Any] = {
         "job_name": opts.job_name,
@@ -44,8 +46,9 @@ def slurm_parameters(opts: ClusterOptions, *, array: bool = False) -> dict[str, 
         "signal_delay_s": opts.signal_delay_s,
         "additional_parameters": extra,
         # One rank dying (a crash, not a requeue) ends the step: the others would otherwise
-        # wait in a collective, or for a Ray head that is gone, until the time limit.
-        "srun_args": ["--kill-on-bad-exit=1"],
+        # wait in a collective, or for a Ray head that is gone, until the time limit. A job that
+        # survives a lost node keeps its step going on the nodes left instead (--no-kill).
+        "srun_args": ["--no-kill"] if opts.keep_on_node_failure else ["--kill-on-bad-exit=1"],
     }
     for name in ("partition", "account", "qos", "constraint", "cpus_per_task"):
         if getattr(opts, name) is not None:
