@@ -57,6 +57,14 @@ def comms(host: str) -> list[str]:
     return names
 
 
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie (killed, waiting for its new parent to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_pretrain_ranks_on_two_hosts_rendezvous_and_finish(multihost_env, tiny_shards, tmp_path):
     steps = 20
     r = subprocess.run(
@@ -162,31 +170,35 @@ def test_render_finishes_on_the_host_left_when_host_2_dies(uninterrupted_render,
     keys = keys_of(out)
     assert len(keys) == len(set(keys)) == 12
     assert not list(out.glob("*.tmp*")) and not namespace_pids("c2p-h2")
-    sinfo = subprocess.run(["sinfo", "-h", "-N", "-n", "c2p-h2", "-o", "%T"], env=env, capture_output=True, text=True)
-    assert sinfo.stdout.strip().startswith("down"), sinfo.stdout  # SLURM saw the host go
+    deadline = time.monotonic() + 120  # SLURM sees the host go too (SlurmdTimeout=6 in the test cluster)
+    while not (state := node_state(env, "c2p-h2")).startswith("down"):
+        assert time.monotonic() < deadline, state
+        time.sleep(1)
 
 
-def test_down_leaves_nothing_behind(multihost_env, tmp_path):
-    """A Ray head runs in a job on host 2 when the cluster is taken down: afterwards no namespace,
-    link, daemon or Ray process of the cluster remains."""
-    job = subprocess.run(
-        ["sbatch", "--parsable", "-w", "c2p-h2", "-o", str(tmp_path / "ray.out"), "--wrap",
-         f"exec {sys.executable} -m ray.scripts.scripts start --head --block --port=0 --num-cpus=1 --include-dashboard=false "
-         f"--disable-usage-stats --temp-dir={tmp_path / 'ray'}"],
-        env=multihost_env, capture_output=True, text=True, timeout=60)
-    assert job.returncode == 0, job.stderr
-    deadline = time.monotonic() + 120
-    while "raylet" not in comms("c2p-h2"):
-        assert time.monotonic() < deadline, (tmp_path / "ray.out").read_text() if (tmp_path / "ray.out").exists() else "no output"
-        time.sleep(0.5)
-    state = Path(multihost_env["SLURM_CONF"]).parent
-    pids = [int((state / f).read_text()) for f in ["slurmctld.pid", *(f"slurmd-{h}.pid" for h in HOSTS)]]
-    pids += [p for h in ["c2p-ctl", *HOSTS] for p in namespace_pids(h)]
-    assert len(pids) > 6
-    r = cluster_sh("down")
+def node_state(env: dict, host: str) -> str:
+    return subprocess.run(["sinfo", "-h", "-N", "-n", host, "-o", "%T"], env=env, capture_output=True, text=True).stdout.strip()
+
+
+def test_down_leaves_nothing_behind(multihost_env, corpus, tmp_path):
+    """A render job is running on both hosts (Ray head, worker, shard tasks) when the cluster is
+    taken down: afterwards no namespace, link, daemon or Ray process of the cluster remains."""
+    proc = render(multihost_env, corpus, tmp_path / "shards", wait=False)
+    try:
+        deadline = time.monotonic() + 300
+        while not all("raylet" in comms(h) for h in HOSTS):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.5)
+        state = Path(multihost_env["SLURM_CONF"]).parent
+        pids = [int((state / f).read_text()) for f in ["slurmctld.pid", *(f"slurmd-{h}.pid" for h in HOSTS)]]
+        pids += [p for h in ["c2p-ctl", *HOSTS] for p in namespace_pids(h)]
+        assert len(pids) > 6
+        r = cluster_sh("down")
+    finally:
+        proc.kill()  # the launcher, waiting for a job whose cluster is gone
+        proc.communicate()
     assert r.returncode == 0, r.stderr
-    alive = [p for p in pids if Path(f"/proc/{p}").exists()]
-    assert alive == [], alive
+    assert [p for p in pids if running(p)] == []
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
     assert not re.search(r"^c2p-(ctl|h\d)\b", netns, flags=re.M), netns
