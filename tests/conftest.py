@@ -1,5 +1,7 @@
 """Shared fixtures. ``slurm_cluster``: a real single-node SLURM on this machine (``.ci/slurm.sh``),
-started once per session for the tests that ask for it and stopped afterwards. ``s3_server``: a
+started once per session for the tests that ask for it and stopped afterwards. ``multihost_cluster``:
+a SLURM cluster of two hosts made of network namespaces (``.ci/cluster.sh``), brought up for the
+tests that ask for it (again after a test killed a host) and taken down at the end. ``s3_server``: a
 real S3-compatible server (SeaweedFS, ``tests/s3server.py``) on 127.0.0.1, with this process's
 AWS_* variables pointing at it for the session.
 
@@ -15,6 +17,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hostcluster import cluster_sh, cluster_up
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_SH = REPO / ".ci" / "slurm.sh"
@@ -35,6 +38,24 @@ def slurm_cluster() -> str:
     yield conf
     if not was_running:  # leave a cluster someone else started (CI, a developer) as we found it
         _slurm("stop")
+
+
+@pytest.fixture(scope="session")
+def multihost_cluster() -> str:
+    """Path of the multi-host cluster's slurm.conf (hosts c2p-h1, c2p-h2); down at the end of the session."""
+    conf = cluster_up(2)
+    yield conf
+    r = cluster_sh("down")
+    assert r.returncode == 0, f".ci/cluster.sh down failed:\n{r.stdout}\n{r.stderr}"
+
+
+@pytest.fixture
+def multihost_env(multihost_cluster) -> dict[str, str]:
+    """A subprocess env pointed at the multi-host cluster, brought up again first if a previous
+    test killed one of its hosts (``up`` is idempotent: a healthy cluster is left as it is).
+    sbatch exports this environment to the job, PYTHONPATH included, on every host."""
+    cluster_up(2)
+    return dict(os.environ, SLURM_CONF=multihost_cluster, OMP_NUM_THREADS="1")
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ One module per concept:
 | :mod:`~c2p.cluster.submit` | submit one job or a job array, describe it, wait, collect results |
 | :mod:`~c2p.cluster.raycluster` | a Ray cluster inside one SLURM job (head on node 0, workers elsewhere) |
 | :mod:`~c2p.cluster.env` | the SLURM/submitit/torchrun environment → torch.distributed variables |
+| :mod:`~c2p.cluster.netif` | which local interface reaches an address (gloo's GLOO_SOCKET_IFNAME across hosts) |
 
 ``--cluster local`` runs the same submitted callable through submitit's LocalExecutor:
 ``--tasks-per-node`` processes on this machine, each with SUBMITIT_LOCAL_* variables that

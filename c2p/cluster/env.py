@@ -16,7 +16,12 @@ Where the values come from, first match wins:
 3. a bare ``srun`` step (SLURM_PROCID and SLURM_NTASKS present, no submitit);
 4. nothing: a single process, rank 0 of world 1 on 127.0.0.1 with a free port.
 
-MASTER_ADDR is the first host of the job's node list (the node of rank 0). MASTER_PORT is
+MASTER_ADDR is the first host of the job's node list (the node of rank 0), as the address
+SLURM reaches it at (its ``NodeAddr``; the name where slurm.conf gives no address), so that
+hosts whose names do not resolve everywhere still meet. On a job that spans nodes,
+GLOO_SOCKET_IFNAME (unless set) names the interface that routes to MASTER_ADDR: gloo would
+otherwise advertise the address the host name resolves to, loopback where it resolves to
+nothing or to 127.0.1.1, and peers on other hosts could not connect. MASTER_PORT is
 derived from the job id (``20000 + job_id % 20000``) so that two jobs sharing a node do not
 race for one port; an explicit MASTER_PORT in the environment wins.
 """
@@ -27,6 +32,9 @@ import os
 import re
 import socket
 from dataclasses import dataclass
+
+from c2p.cluster.netif import interface_towards
+from c2p.cluster.slurm import node_address
 
 __all__ = ["DistEnv", "setup_env_from_cluster", "read_cluster_env", "expand_nodelist", "port_for_job", "free_port"]
 
@@ -125,7 +133,7 @@ def read_cluster_env() -> DistEnv:
 
         job = submitit.JobEnvironment()
         world, nodes = job.num_tasks, max(1, job.num_nodes)
-        addr = "127.0.0.1" if executor == "local" else job.hostnames[0]
+        addr = "127.0.0.1" if executor == "local" else node_address(job.hostnames[0])
         port = int(explicit_port) if explicit_port else port_for_job(job.raw_job_id)
         return DistEnv(job.global_rank, job.local_rank, world, addr, port, max(1, world // nodes), f"submitit-{executor}")
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
@@ -147,7 +155,7 @@ def read_cluster_env() -> DistEnv:
             _int_env("SLURM_PROCID"),
             _int_env("SLURM_LOCALID", 0),
             world,
-            hosts[0] if hosts else socket.gethostname(),
+            node_address(hosts[0]) if hosts else socket.gethostname(),
             port,
             max(1, world // nodes),
             "srun",
@@ -159,10 +167,15 @@ def setup_env_from_cluster() -> DistEnv:
     """Read the cluster environment and export it as torch.distributed variables.
 
     Returns the :class:`DistEnv`; afterwards ``os.environ`` holds RANK, LOCAL_RANK,
-    WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT, so that
+    WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT (and, on a job that spans
+    nodes, GLOO_SOCKET_IFNAME where it was unset and the route to MASTER_ADDR is known), so that
     ``torch.distributed.init_process_group(init_method="env://")`` (and DeepSpeed's
     ``init_distributed``) find them. Idempotent.
     """
     env = read_cluster_env()
     os.environ.update(env.as_env())
+    if env.world_size > env.local_world_size and "GLOO_SOCKET_IFNAME" not in os.environ:
+        ifname = interface_towards(env.master_addr)
+        if ifname is not None:
+            os.environ["GLOO_SOCKET_IFNAME"] = ifname
     return env

@@ -90,6 +90,10 @@ class ClusterOptions:
     signal_delay_s: int = 120
     max_requeues: int = 3
     array_parallelism: int = 64
+    keep_on_node_failure: bool = False
+    """the job goes on on the nodes left when one of its nodes fails (sbatch/srun ``--no-kill``),
+    for jobs that survive a lost node by themselves, as a Ray cluster does; otherwise SLURM
+    ends the job and requeues it"""
 
     @property
     def world_size(self) -> int:

@@ -26,6 +26,7 @@ from typing import Any
 from c2p.cluster.env import free_port
 from c2p.cluster.errors import LaunchError
 from c2p.cluster.options import ClusterOptions
+from c2p.cluster.slurm import node_address
 from c2p.cluster.submit import collect, describe_job, submit
 from c2p.cluster.task import resolve_target
 from c2p.fileio import atomic_write_bytes
@@ -130,7 +131,8 @@ class RayClusterTask:
         state = Path(self.state_dir) / str(job.job_id)
         state.mkdir(parents=True, exist_ok=True)
         token = f"{job.job_id}-{rank}"
-        host_ip = socket.gethostbyname(job.hostname)
+        # Ray wants an IP; SLURM's NodeAddr for this node, resolved only if it is a name.
+        host_ip = socket.gethostbyname(node_address(job.hostname))
         proc = None
         try:
             if rank == 0:
@@ -221,6 +223,8 @@ def run_ray_in_slurm(
 
     One task per node (``opts.tasks_per_node`` is forced to 1): Ray head on the first node,
     workers on the others; every Ray process is stopped when the function returns or raises.
+    A node that fails takes its worker with it and nothing else (``--no-kill``): Ray retries
+    the lost tasks on the nodes left, and the result is the head's (rank 0's).
     For ``launch/render.py --cluster slurm``::
 
         run_ray_in_slurm("c2p.shards.job:run_render_job", cfg, opts, log_dir)
@@ -228,7 +232,8 @@ def run_ray_in_slurm(
     Returns the function's result (``wait_for_result``), else the Job.
     """
     out = out or sys.stdout
-    opts = dataclasses.replace(opts, tasks_per_node=1)
+    # A lost node costs the Ray cluster a worker, not the job: Ray retries its tasks elsewhere.
+    opts = dataclasses.replace(opts, tasks_per_node=1, keep_on_node_failure=True)
     if opts.cluster != "slurm":
         raise LaunchError("run_ray_in_slurm: expected --cluster slurm (locally, call the function with address=None)")
     log_dir = Path(log_dir).absolute()
@@ -237,4 +242,4 @@ def run_ray_in_slurm(
     if job is None:
         return None
     print(describe_job(job, opts, log_dir), file=out, flush=True)
-    return collect([job], timeout_s)[0] if wait_for_result else job
+    return collect([job], timeout_s, first_rank_only=True)[0] if wait_for_result else job

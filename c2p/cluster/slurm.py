@@ -23,7 +23,7 @@ from c2p.cluster.errors import LaunchError
 from c2p.cluster.options import ClusterOptions, mem_mb
 
 __all__ = ["TERMINAL_STATES", "slurm_parameters", "make_executor", "sbatch_script", "parse_sinfo", "partitions",
-           "check_request", "parse_squeue_state", "slurm_state"]
+           "check_request", "parse_squeue_state", "slurm_state", "parse_node_addr", "node_address"]
 
 # Job states after which a job never runs again (squeue's %T).
 TERMINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "BOOT_FAIL", "OUT_OF_MEMORY",
@@ -35,6 +35,8 @@ def slurm_parameters(opts: ClusterOptions, *, array: bool = False) -> dict[str, 
     extra: dict[str, Any] = {"requeue": True}
     if opts.mem:
         extra["mem"] = opts.mem  # as given (submitit's own `mem` wants GB as a number)
+    if opts.keep_on_node_failure:
+        extra["no-kill"] = True
     extra.update(opts.sbatch)
     params: dict[str, Any] = {
         "job_name": opts.job_name,
@@ -44,8 +46,9 @@ def slurm_parameters(opts: ClusterOptions, *, array: bool = False) -> dict[str, 
         "signal_delay_s": opts.signal_delay_s,
         "additional_parameters": extra,
         # One rank dying (a crash, not a requeue) ends the step: the others would otherwise
-        # wait in a collective, or for a Ray head that is gone, until the time limit.
-        "srun_args": ["--kill-on-bad-exit=1"],
+        # wait in a collective, or for a Ray head that is gone, until the time limit. A job that
+        # survives a lost node keeps its step going on the nodes left instead (--no-kill).
+        "srun_args": ["--no-kill"] if opts.keep_on_node_failure else ["--kill-on-bad-exit=1"],
     }
     for name in ("partition", "account", "qos", "constraint", "cpus_per_task"):
         if getattr(opts, name) is not None:
@@ -204,3 +207,28 @@ def slurm_state(job_id: str) -> str:
     """The job's state from ``squeue`` (works without an accounting database); see :func:`parse_squeue_state`."""
     r = _run(["squeue", "-h", "-j", str(job_id), "-o", "%T", "--states=all"], timeout=30)
     return parse_squeue_state(r.stdout, r.stderr, r.returncode)
+
+
+def parse_node_addr(text: str) -> str | None:
+    """``scontrol show node -o NAME`` output → the node's ``NodeAddr`` (None when absent).
+
+    NodeAddr is how SLURM itself reaches the node: an address, or the node's name again where
+    slurm.conf gives none (then DNS or /etc/hosts resolves it, as for any host name).
+    """
+    m = re.search(r"(?:^|\s)NodeAddr=(\S+)", text)
+    return m.group(1) if m and m.group(1) not in ("(null)", "") else None
+
+
+def node_address(name: str) -> str:
+    """The address SLURM reaches node ``name`` at (its ``NodeAddr``), else ``name`` itself.
+
+    Hosts of a cluster whose names do not resolve everywhere (no DNS entry for the compute
+    network, or a test cluster of network namespaces) still rendezvous: a job's ranks and Ray
+    nodes meet at the address slurm.conf gives, not at whatever the name resolves to. Any
+    failure to ask (no ``scontrol``, an unknown node) falls back to the name.
+    """
+    try:
+        r = subprocess.run(["scontrol", "show", "node", "-o", name], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return name
+    return (parse_node_addr(r.stdout) if r.returncode == 0 else None) or name

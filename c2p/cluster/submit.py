@@ -165,8 +165,8 @@ def _is_local(job: Any) -> bool:
     return isinstance(job, submitit.LocalJob)
 
 
-def _finished(job: Any) -> bool:
-    if all(t.paths.result_pickle.exists() for t in _tasks(job)):
+def _finished(job: Any, first_rank_only: bool = False) -> bool:
+    if all(t.paths.result_pickle.exists() for t in _tasks(job)[: 1 if first_rank_only else None]):
         return True
     if _is_local(job):
         return job.done()
@@ -258,14 +258,15 @@ def _end_local_job_if_a_rank_failed(job: Any) -> None:
             pass
 
 
-def wait(jobs: Sequence[Any], timeout_s: float | None = None, poll_s: float = 2.0) -> None:
-    """Block until every job has ended (result written, or SLURM says it ended)."""
+def wait(jobs: Sequence[Any], timeout_s: float | None = None, poll_s: float = 2.0, *, first_rank_only: bool = False) -> None:
+    """Block until every job has ended (result written, or SLURM says it ended); with
+    ``first_rank_only``, until rank 0 of each has written its result."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     pending = list(jobs)
     while pending:
         for job in pending:
             _end_local_job_if_a_rank_failed(job)
-        pending = [j for j in pending if not _finished(j)]
+        pending = [j for j in pending if not _finished(j, first_rank_only)]
         if not pending:
             return
         if deadline is not None and time.monotonic() > deadline:
@@ -273,17 +274,19 @@ def wait(jobs: Sequence[Any], timeout_s: float | None = None, poll_s: float = 2.
         time.sleep(poll_s)
 
 
-def collect(jobs: Sequence[Any], timeout_s: float | None = None) -> list[Any]:
+def collect(jobs: Sequence[Any], timeout_s: float | None = None, *, first_rank_only: bool = False) -> list[Any]:
     """Wait for ``jobs`` and return each one's result (rank 0's for multi-task jobs), in order.
 
     Raises :class:`LaunchError` listing every failed element with its error and log path.
+    ``first_rank_only``: only rank 0's result counts, for jobs whose other ranks only serve it
+    (a Ray cluster's workers) and may be lost with their node without failing the job.
     """
-    wait(jobs, timeout_s)
+    wait(jobs, timeout_s, first_rank_only=first_rank_only)
     results, failures = [], []
     for i, job in enumerate(jobs):
         # Task by task, and only where a result file exists: submitit's own results() would
         # wait on sacct for a task that died without one (a killed rank, a node failure).
-        tasks = _tasks(job)
+        tasks = _tasks(job)[: 1 if first_rank_only else None]
         errors = []
         for t in tasks:
             if not t.paths.result_pickle.exists():

@@ -148,6 +148,8 @@ def render_job(cfg: RenderJobConfig, address: str | None = None) -> dict[str, An
         "shards_rendered": len(results),
         "shards_skipped": skipped,
         "shards_failed": failed,
+        # where this run's shards were rendered: which nodes of a Ray cluster did the work
+        "shards_by_host": dict(sorted(Counter(r.host for r in results.values()).items())),
         "bytes": index.total_bytes,
         "wall_s": round(time.perf_counter() - t_start, 3),
         "render_s": round(render_s, 3),

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,9 +57,10 @@ class ShardResult:
     errors: list[dict[str, Any]] = field(default_factory=list)  # objects left out, and why
     warnings: list[dict[str, Any]] = field(default_factory=list)  # objects written with a fallback (missing texture)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, summed over objects
+    host: str = ""  # the host name of the worker that rendered it (differs per attempt, so not in parts/)
 
     def part_record(self) -> dict[str, Any]:
-        """The ``parts/<shard>.json`` record: everything but the timings, which differ per attempt."""
+        """The ``parts/<shard>.json`` record: everything but the timings and the host, which differ per attempt."""
         return {"index": self.index, "name": self.name, "fingerprint": self.fingerprint,
                 "samples": self.samples, "bytes": self.bytes, "errors": self.errors, "warnings": self.warnings}
 
@@ -154,7 +156,7 @@ def render_shard(spec: ShardSpec, cfg: RenderJobConfig, *, feature_actors: list 
     records = [error_record(cfg.corpus.name, uid, "", "list", "Vanished", f"planned into this shard (plan generation "
                             f"{spec.generation}) but no longer listed by the corpus") for uid in spec.missing]
     records += [rec for _, rec in sorted(errors, key=lambda e: e[0])]
-    result = ShardResult(spec.index, spec.name, spec.fingerprint, writer.count, size, records, warnings)
+    result = ShardResult(spec.index, spec.name, spec.fingerprint, writer.count, size, records, warnings, host=socket.gethostname())
     out.parts.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out.part(spec.name), json.dumps(result.part_record(), indent=1, sort_keys=True).encode())
     if upload:  # the output is in object storage: this worker uploads its own shard

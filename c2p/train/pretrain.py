@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import json
 import logging
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -326,7 +327,7 @@ def setup(cfg: PretrainConfig) -> Trainer:
     metrics = MetricsLogger(run_dir, rank, cfg.train.steps)
     throughput = build_throughput(flops, device=device, dtype=dtype, world_size=world,
                                   samples_per_step=cfg.train.batch_size, step=state.step, peak_tflops=cfg.train.peak_tflops)
-    log.info("rank %d/%d on %s (%s), ZeRO-%d, micro-batch %d x %d accum, %s", rank, world, device, precision,
+    log.info("rank %d/%d on host %s, %s (%s), ZeRO-%d, micro-batch %d x %d accum, %s", rank, world, socket.gethostname(), device, precision,
              cfg.train.zero_stage, micro, cfg.train.grad_accum, signature)
     guard = NonFiniteGuard(cfg.train.nonfinite, cfg.train.nonfinite_max_skips, rank, world, device)
     trainer = Trainer(cfg, rank, world, device, dtype, engine, image_tower, stream, ckpt, metrics, schedule,

@@ -19,7 +19,7 @@ from c2p.cluster.env import (
     setup_env_from_cluster,
 )
 
-_ALL = ["RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SUBMITIT_EXECUTOR"]
+_ALL = ["RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SUBMITIT_EXECUTOR", "GLOO_SOCKET_IFNAME"]
 
 
 @pytest.fixture
@@ -126,3 +126,21 @@ def test_bad_variable_is_named(clean_env):
     clean_env.setenv("SLURM_NTASKS", "2")
     with pytest.raises(ValueError, match="SLURM_PROCID='x'"):
         read_cluster_env()
+
+
+def test_loopback_is_no_interface_for_gloo():
+    """A job whose rendezvous is this host's loopback (one node) needs no GLOO_SOCKET_IFNAME;
+    the interface holding an address is found by the address (multi-host: tests/integration/test_multihost.py)."""
+    from c2p.cluster.netif import interface_of_address, interface_towards, local_address_towards
+
+    assert local_address_towards("127.0.0.1") == "127.0.0.1"
+    assert interface_towards("127.0.0.1") is None
+    assert interface_of_address("127.0.0.1") == "lo"
+    assert interface_of_address("192.0.2.77") is None  # TEST-NET-1: held by no interface here
+
+
+def test_single_node_job_leaves_gloo_interface_alone(clean_env):
+    _slurm_task(clean_env, procid=1, localid=1, ntasks=2, nodes=1, nodelist="vm")
+    clean_env.setenv("SUBMITIT_EXECUTOR", "slurm")
+    setup_env_from_cluster()
+    assert "GLOO_SOCKET_IFNAME" not in os.environ

@@ -8,6 +8,7 @@ from c2p.cluster import ClusterOptions, LaunchError
 from c2p.cluster.options import mem_mb
 from c2p.cluster.slurm import (
     check_fit,
+    parse_node_addr,
     parse_sinfo,
     parse_squeue_state,
     sbatch_script,
@@ -108,3 +109,19 @@ def test_sbatch_parameters_and_script_carry_the_request(tmp_path):
                  "#SBATCH --partition=gpu", "#SBATCH --mem=64G", "#SBATCH --array=0-2%3", "#SBATCH --requeue"):
         assert line in script.splitlines(), line
     assert "PYTHONPATH" not in script
+
+
+@pytest.mark.parametrize(
+    "text, addr",
+    [
+        # a node of .ci/cluster.sh: NodeAddr is the address of its namespace, its name resolves nowhere
+        ("NodeName=c2p-h1 Arch=x86_64 CoresPerSocket=1  CPUAlloc=0 CPUEfctv=2 CPUTot=2 NodeAddr=10.213.7.11 "
+         "NodeHostName=c2p-h1 Version=22.05.8 RealMemory=10868 State=IDLE Partitions=hosts", "10.213.7.11"),
+        # slurm.conf without NodeAddr: SLURM reports the name again
+        ("NodeName=gpu07 Arch=x86_64 NodeAddr=gpu07 NodeHostName=gpu07 State=MIXED", "gpu07"),
+        ("NodeName=gpu07 Arch=x86_64 NodeHostName=gpu07 State=MIXED", None),
+        ("", None),
+    ],
+)
+def test_parse_node_addr(text, addr):
+    assert parse_node_addr(text) == addr
