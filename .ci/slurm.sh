@@ -31,7 +31,7 @@ pid_alive() {  # pid_alive FILE: the process whose pid FILE holds is running
 
 write_conf() {
   local cpus mem_mb
-  cpus="$(nproc)"
+  cpus="$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)"  # GNU nproc obeys OMP_NUM_THREADS
   # Leave 10% of RAM to the OS; memory is not a consumable resource here (CR_CPU), the value
   # only bounds --mem requests so that an impossible one is refused at submission.
   mem_mb="$(awk '/MemTotal/ {printf "%d", $2 / 1024 * 0.9}' /proc/meminfo)"
@@ -127,7 +127,7 @@ cmd_start() {
   /usr/sbin/slurmd -f "$CONF"
   for _ in $(seq 150); do
     if node_ready; then
-      log "up: partition $PARTITION, node $NODE, $(nproc) CPUs"
+      log "up: partition $PARTITION, node $NODE, $(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc) CPUs"
       echo "export SLURM_CONF=$CONF"
       return 0
     fi
