@@ -188,6 +188,8 @@ def check_pretrain(cfg: "PretrainConfig", *, nodes: int, tasks_per_node: int, gp
         check_weights("model.pretrained", cfg.model.pretrained, cfg.model.name, model)
     if cfg.checkpoint.resume not in ("auto", "none"):
         _check_resume(cfg, model, world)
+    if cfg.checkpoint.remote:  # the bucket answers a listing with these credentials
+        check_output_dir("checkpoint.remote", cfg.checkpoint.remote)
 
 
 def _check_resume(cfg: "PretrainConfig", model: Any, world: int) -> None:
