@@ -208,14 +208,13 @@ class CheckpointManager:
         if resume == "none":
             return None
         if resume == "auto":
-            tags = self.committed()
-            if not tags and self.mirror is not None:  # a new cluster or a wiped node: the remote's latest
+            if self.mirror is not None:  # a new cluster or a wiped node: the remote's latest
                 from c2p.train.remoteckpt import fetch_for_resume
 
-                fetched = fetch_for_resume(self.mirror, self.root, self.rank)
+                # rank 0's view decides: another rank listing the folder after rank 0's download would not fetch
+                fetched = fetch_for_resume(self.mirror, self.root, self.rank, needed=self.rank == 0 and not self.committed())
                 self.trusted |= {fetched} if fetched else set()  # verified by the download: not hashed again
-                tags = self.committed()
-            src = self._newest_intact(tags, self.root)
+            src = self._newest_intact(self.committed(), self.root)
             if src is None:
                 return None
         else:

@@ -266,11 +266,12 @@ def _from_rank0(value):
     return value
 
 
-def fetch_for_resume(mirror: RemoteCheckpoints, root: Path, rank: int) -> str | None:
-    """Collective: rank 0 downloads the remote tag to resume from (:meth:`RemoteCheckpoints.fetch`);
-    every rank gets its name (None: the remote holds none) or raises rank 0's error."""
+def fetch_for_resume(mirror: RemoteCheckpoints, root: Path, rank: int, needed: bool) -> str | None:
+    """Collective: when rank 0 says it is ``needed`` (``root`` holds no committed tag), rank 0
+    downloads the remote tag to resume from (:meth:`RemoteCheckpoints.fetch`); every rank gets
+    its name (None: nothing fetched) or raises rank 0's error."""
     result: tuple[str | None, str | None] = (None, None)
-    if rank == 0:
+    if rank == 0 and needed:
         log.info("no committed checkpoint in %s: looking in %s", root, mirror.url)
         try:
             result = (mirror.fetch(root), None)
