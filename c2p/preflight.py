@@ -188,6 +188,8 @@ def check_pretrain(cfg: "PretrainConfig", *, nodes: int, tasks_per_node: int, gp
         check_weights("model.pretrained", cfg.model.pretrained, cfg.model.name, model)
     if cfg.checkpoint.resume not in ("auto", "none"):
         _check_resume(cfg, model, world)
+    if cfg.checkpoint.remote:  # the bucket answers a listing with these credentials
+        check_output_dir("checkpoint.remote", cfg.checkpoint.remote)
 
 
 def _check_resume(cfg: "PretrainConfig", model: Any, world: int) -> None:
@@ -225,4 +227,11 @@ def check_encoder(cfg: "EncoderConfig") -> None:
     if cfg.pretrained:
         check_weights("encoder.pretrained", cfg.pretrained, cfg.model, model)
     if cfg.depth_tower:
-        check_weights("encoder.depth_tower", cfg.depth_tower, cfg.model)
+        from c2p.storage.cache import local_copy
+
+        try:  # an s3:// export is downloaded to the cache the job then reads it from
+            local = str(local_copy(cfg.depth_tower))
+        except (OSError, ValueError) as e:
+            raise ConfigError("encoder.depth_tower", cfg.depth_tower, f"an exported depth tower file or a readable "
+                                                                      f"s3://bucket/key of one ({_one_line(e)})") from e
+        check_weights("encoder.depth_tower", local, cfg.model)

@@ -113,6 +113,18 @@ class CheckpointConfig:
     keep: int = option(3, "committed checkpoints kept (older ones deleted)", ge=1)
     resume: str = option("auto", "auto (newest committed tag in the run), none, or a tag path")
     export: bool = option(True, "write export/depth_tower.safetensors at the end")
+    remote: str = option("", "s3://bucket/prefix: every committed tag is uploaded there (marker last, then latest; keep-K "
+                             "too) with the final export under export/, and a run directory without a committed tag "
+                             "resumes from it (empty: local only)")
+
+    def validate(self) -> None:
+        if self.remote:
+            from c2p.train.remoteckpt import check_remote
+
+            try:
+                check_remote(self.remote)
+            except ValueError as e:
+                raise ConfigError("checkpoint.remote", self.remote, "empty or an s3://bucket/prefix address") from e
 
 
 @dataclass

@@ -7,7 +7,9 @@ and the depth-map settings that tower expects.
 A depth tower export (written by :func:`c2p.train.export.export_depth_tower`) is a safetensors
 file of plain visual-tower keys whose metadata records the CLIP model it was trained for
 (``model``) and the depth maps it saw (``depth``, JSON); both are checked here, so a tower of
-another model fails before any feature is computed.
+another model fails before any feature is computed. ``encoder.depth_tower`` may be an
+``s3://bucket/key`` address (e.g. ``<checkpoint.remote>/export/depth_tower.safetensors``): it is
+downloaded to a local cache (:mod:`c2p.storage.cache`) and loaded weights-only like a local file.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ __all__ = [
     "Towers",
     "build_towers",
     "load_depth_tower",
+    "depth_tower_file",
     "pretraining_depth",
     "warn_depth_mismatch",
     "view_setting",
@@ -80,6 +83,18 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise EvalError("encoder.device: got 'cuda'; expected a machine with a CUDA GPU (use auto or cpu)")
     return torch.device(name)
+
+
+def depth_tower_file(path: str) -> Path:
+    """The local file of ``encoder.depth_tower``: the path itself, or the cached download of an
+    ``s3://`` address. Raises :class:`EvalError` naming the address when it cannot be fetched."""
+    from c2p.storage.cache import local_copy
+
+    try:
+        return local_copy(path)
+    except (OSError, ValueError) as e:
+        raise EvalError(f"encoder.depth_tower: {path} could not be downloaded ({e}); expected the s3://bucket/key "
+                        "of an exported depth tower (.safetensors) readable with the AWS_* settings") from e
 
 
 def load_depth_tower(path: str | Path, like: nn.Module, model_name: str = "") -> nn.Module:
@@ -201,8 +216,9 @@ def build_towers(cfg: EncoderConfig, seed: int = 0, device: str | torch.device =
     depth = None
     depth_hash = ""
     if cfg.depth_tower:
-        depth = load_depth_tower(cfg.depth_tower, model.visual, cfg.model).to(device)
-        depth_hash = file_hash(cfg.depth_tower)
+        local = depth_tower_file(cfg.depth_tower)
+        depth = load_depth_tower(local, model.visual, cfg.model).to(device)
+        depth_hash = file_hash(local)
     clip_hash = file_hash(cfg.pretrained) if cfg.pretrained else f"random-seed{seed}"
     return Towers(model, get_tokenizer(cfg.model), model.visual, depth, depth_hash, clip_hash)
 
@@ -222,5 +238,5 @@ def view_setting(cfg: EncoderConfig, model: nn.Module | None = None) -> ViewSett
         size = int(image_size(model))
     setting = ViewSetting(views=str(cfg.views), image_size=size, radius=cfg.radius, dist=cfg.dist)
     if cfg.depth_tower:
-        warn_depth_mismatch(cfg.depth_tower, setting)
+        warn_depth_mismatch(depth_tower_file(cfg.depth_tower), setting)
     return setting

@@ -5,6 +5,8 @@
     storage.read_bytes("s3://data/shapenet/index.json")  # one GET
     storage.list_names("s3://data/shapenet")             # names directly under the prefix, one LIST
     with storage.open_binary("s3://data/shapenet/shard-000000.tar") as f: ...  # a resuming stream
+    storage.put_file("step_00000500/c2p_commit.json", "s3://ckpt/run/step_00000500/c2p_commit.json")
+    storage.get_file("s3://ckpt/run/export/depth_tower.safetensors", "/tmp/depth_tower.safetensors")
 
 Local paths go to the filesystem unchanged. S3 addresses go to :mod:`c2p.storage.s3`
 (boto3; endpoint, region and credentials from the standard AWS environment and config files).
@@ -22,7 +24,7 @@ from typing import BinaryIO
 from c2p.storage.s3 import SCHEME, S3Path, S3ReadStream, StorageError, client, describe, is_missing
 
 __all__ = ["SCHEME", "S3Path", "StorageError", "is_remote", "join", "open_binary", "read_bytes", "list_names", "list_tree", "exists",
-           "put_file", "delete", "take_retries"]
+           "put_file", "put_bytes", "get_file", "delete", "take_retries"]
 
 _retries = 0
 _retries_lock = threading.Lock()
@@ -126,6 +128,33 @@ def put_file(local: str | os.PathLike, url: str) -> None:
         client().upload_file(str(local), where.bucket, where.key)
     except Exception as exn:
         raise StorageError(f"{url}: upload of {local} failed ({describe(exn)})") from exn
+
+
+def put_bytes(data: bytes, url: str) -> None:
+    """``data`` as the object ``url`` (one PUT: the object is the old or the new one, never torn)."""
+    where = S3Path.parse(url)
+    try:
+        client().put_object(Bucket=where.bucket, Key=where.key, Body=data)
+    except Exception as exn:
+        raise StorageError(f"{url}: upload failed ({describe(exn)})") from exn
+
+
+def get_file(url: str, local: str | os.PathLike) -> int:
+    """Download the object ``url`` to the file ``local`` through ``local.tmp`` + rename (a
+    concurrent reader sees the old file or the whole new one); returns its size in bytes.
+    FileNotFoundError naming ``url`` when there is no such object."""
+    where, local = S3Path.parse(url), Path(local)
+    tmp = local.with_name(local.name + ".tmp")
+    local.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        client().download_file(where.bucket, where.key, str(tmp))
+    except Exception as exn:
+        tmp.unlink(missing_ok=True)
+        if is_missing(exn) or getattr(exn, "response", {}).get("Error", {}).get("Code") == "404":
+            raise FileNotFoundError(f"{url} does not exist") from None
+        raise StorageError(f"{url}: download to {local} failed ({describe(exn)})") from exn
+    os.replace(tmp, local)
+    return local.stat().st_size
 
 
 def delete(urls: list[str]) -> None:

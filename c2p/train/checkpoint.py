@@ -13,7 +13,9 @@ A tag exists only if its commit marker does: discovery ignores folders without i
 save killed mid-write is never resumed from, and a tag is only loaded after its files match
 the marker: a damaged newest tag is skipped, with a warning naming the file, for the newest one
 that verifies. Every load of a tag's files is weights-only (:mod:`c2p.train.ckptload`): a
-checkpoint file cannot run code. :class:`CheckpointManager` owns the whole
+checkpoint file cannot run code. With a ``mirror`` (``checkpoint.remote``,
+:mod:`c2p.train.remoteckpt`) each committed tag is also uploaded, and a run directory without
+a committed tag resumes from the remote's. :class:`CheckpointManager` owns the whole
 policy (when to save, commit, ``latest``, keep-K, what to resume from, conversion); the
 training loop only calls ``resolve``/``prepare``/``load`` once and ``save`` every step.
 :mod:`c2p.train.export` writes the engine-free depth tower of a committed tag.
@@ -175,11 +177,12 @@ class CheckpointManager:
     """
 
     def __init__(self, root: str | Path, *, rank: int, world_size: int, zero_stage: int, every: int, keep: int,
-                 signature: dict, config: dict, config_hash: str):
+                 signature: dict, config: dict, config_hash: str, mirror=None):
         self.root = Path(root)
         self.rank, self.world_size, self.zero_stage = rank, world_size, zero_stage
         self.every, self.keep = every, keep
         self.signature, self.config, self.config_hash = signature, config, config_hash
+        self.mirror = mirror  # a RemoteCheckpoints (checkpoint.remote), or None
         self.last_saved: int | None = None
         # Tags known good (verified at resume, or written and hashed by this process) and known
         # damaged (failed verification): pruning never deletes the newest good one or a damaged one.
@@ -205,6 +208,12 @@ class CheckpointManager:
         if resume == "none":
             return None
         if resume == "auto":
+            if self.mirror is not None:  # a new cluster or a wiped node: the remote's latest
+                from c2p.train.remoteckpt import fetch_for_resume
+
+                # rank 0's view decides: another rank listing the folder after rank 0's download would not fetch
+                fetched = fetch_for_resume(self.mirror, self.root, self.rank, needed=self.rank == 0 and not self.committed())
+                self.trusted |= {fetched} if fetched else set()  # verified by the download: not hashed again
             src = self._newest_intact(self.committed(), self.root)
             if src is None:
                 return None
@@ -233,6 +242,8 @@ class CheckpointManager:
 
     def _accept(self, tag: CommittedTag) -> list[str] | None:
         """Verify ``tag`` (collective) and record the verdict; returns its problems (None: unverifiable)."""
+        if tag.tag in self.trusted:  # every rank knows it (a download verified against the marker)
+            return []
         problems = self._verify(tag)
         if problems is None:
             log.warning("checkpoint %s was committed without checksums (before c2p verified checkpoints): "
@@ -415,10 +426,20 @@ class CheckpointManager:
             _atomic_write_text(tag_dir / COMMIT_NAME, json.dumps(marker, indent=1, default=str))
             _atomic_write_text(self.root / LATEST_NAME, tag)
             self.trusted.add(tag)
+            if self.mirror is not None:  # waits for the previous upload, so _prune never deletes a tag being uploaded
+                self.mirror.upload_async(tag_dir)
             self._prune()
         self.last_saved = step
         log.info("saved checkpoint %s", tag_dir)
         return tag_dir
+
+    def finish(self, export_dir: Path | None = None) -> None:
+        """Collective, at the end of a run: with a mirror, the newest tag and ``export_dir`` are in it when this returns."""
+        if self.mirror is not None:
+            from c2p.train.remoteckpt import finish_uploads
+
+            tags = self.committed() if self.rank == 0 else []
+            finish_uploads(self.mirror, tags[-1].path if tags else None, export_dir, self.rank)
 
     def _maybe_die(self, step: int) -> None:
         spec = os.environ.get(KILL_ENV, "")

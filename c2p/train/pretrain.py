@@ -266,6 +266,7 @@ class Trainer:
         if self.cfg.checkpoint.export:  # a collective (the probe forward)
             export = export_after_training(self.engine, self.cfg, final, self.run_dir / EXPORT_DIR, self.rank,
                                            self.device, self.dtype)
+        self.checkpoints.finish(self.run_dir / EXPORT_DIR if self.cfg.checkpoint.export else None)  # checkpoint.remote
         self.metrics.close()
         if dist.is_initialized() and self.world_size > 1:
             dist.barrier()
@@ -306,9 +307,14 @@ def setup(cfg: PretrainConfig) -> Trainer:
     # the job, so a second launch (even after the first launcher was killed) is refused.
     lease = Lease(run_dir, "run directory").acquire() if rank == 0 else None
     _setup_logging(run_dir, rank)
+    mirror = None
+    if cfg.checkpoint.remote:  # on every rank (its resume and end are collectives); rank 0 moves the bytes
+        from c2p.train.remoteckpt import RemoteCheckpoints
+
+        mirror = RemoteCheckpoints(cfg.checkpoint.remote, cfg.checkpoint.keep)
     ckpt = CheckpointManager(run_dir / "checkpoints", rank=rank, world_size=world, zero_stage=cfg.train.zero_stage,
                              every=cfg.checkpoint.every, keep=cfg.checkpoint.keep, signature=signature,
-                             config=to_dict(cfg), config_hash=config_hash(cfg))
+                             config=to_dict(cfg), config_hash=config_hash(cfg), mirror=mirror)
     target = ckpt.resolve(cfg.checkpoint.resume)
     if rank == 0:
         (run_dir / "config.yaml").write_text(to_yaml(cfg))

@@ -53,6 +53,15 @@ def test_configs_validate_and_paper_config_is_faithful():
     assert tiny.model.name == "c2p-tiny" and tiny.depth.image_size == 32
 
 
+@pytest.mark.parametrize("remote", ["runs/ckpt", "gs://bucket/run", "s3:///no-bucket"])
+def test_checkpoint_remote_must_be_an_s3_address(remote):
+    from c2p.config.core import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"checkpoint.remote.*{remote}.*s3://bucket/prefix"):
+        load_config(PretrainConfig, TINY, [f"checkpoint.remote={remote}"])
+    assert load_config(PretrainConfig, TINY, ["checkpoint.remote=s3://ckpt/runs/tiny/"]).checkpoint.remote == "s3://ckpt/runs/tiny/"
+
+
 def test_cli_refuses_bad_config_before_writing(tmp_path):
     r = subprocess.run([sys.executable, "-m", "c2p.train.pretrain", "--config", str(TINY), f"run.dir={tmp_path}",
                         "train.zero_stage=5"], capture_output=True, text=True, cwd=REPO,
