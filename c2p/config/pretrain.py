@@ -28,6 +28,8 @@ class DataConfig:
     workers: int = option(2, "DataLoader worker processes per rank", ge=0)
     imgfeat_tag: str = option("", "read precomputed imgfeat.<tag>.npy instead of decoding RGB (empty: decode images)")
     image_size: int = option(224, "RGB size fed to the frozen image tower", ge=8)
+    cache_dir: str = option("", "local copies of s3:// shards for later epochs (empty: stream every time)")
+    cache_max_gb: float = option(100.0, "size bound of data.cache_dir: least recently read copies go first", gt=0.0)
 
     def validate(self) -> None:
         if self.weights and len(self.weights) != len(self.shards):

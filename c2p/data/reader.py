@@ -23,12 +23,15 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, TypeVar
 
 from webdataset.tariterators import group_by_keys
 
 from c2p import storage
 from c2p.data.tarmembers import iter_members
+
+if TYPE_CHECKING:
+    from c2p.storage.shardcache import ShardCache
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +109,14 @@ def read_samples(
     stats: ReadStats,
     select: Callable[[str], bool] | None = None,
     max_empty_shards: int = 100,
+    cache: "ShardCache | None" = None,
 ) -> Iterator[dict]:
     """Raw samples ``{"__key__", "__url__", "<member>": bytes, ...}`` of the tars in ``urls``.
 
     ``select(member_name) -> bool`` drops members before their bytes are kept (e.g. RGB
     views when image features are used). Member suffixes keep their case. Raises
     :class:`NoReadableData` after ``max_empty_shards`` shards in a row gave no sample.
+    ``cache``: local copies of ``s3://`` tars (:class:`~c2p.storage.shardcache.ShardCache`).
     """
     empty_in_a_row = 0
 
@@ -121,7 +126,7 @@ def read_samples(
             stats.shards_opened += 1
             got = 0
             try:
-                for file in _member_files(url, select):
+                for file in _member_files(url, select, cache):
                     got += 1
                     yield file
             except Exception as exn:  # any read failure is the shard's fault: count it, go on
@@ -159,7 +164,8 @@ def read_shard(url: str | os.PathLike, select: Callable[[str], bool] | None = No
     yield from group_by_keys(_member_files(url, select), lcase=False)
 
 
-def _member_files(url: str | os.PathLike, select: Callable[[str], bool] | None) -> Iterator[dict]:
+def _member_files(url: str | os.PathLike, select: Callable[[str], bool] | None,
+                  cache: "ShardCache | None" = None) -> Iterator[dict]:
     """The tar's members as the file records ``group_by_keys`` groups into samples."""
-    for name, data in iter_members(url, select):
+    for name, data in iter_members(url, select, cache):
         yield {"fname": name, "data": data, "__url__": url}

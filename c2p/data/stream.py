@@ -49,11 +49,13 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from c2p import storage
 from c2p.config.core import ConfigError
 from c2p.config.pretrain import DataConfig
 from c2p.data.reader import COUNTERS, ReadStats, read_samples
 from c2p.data.sample import BadSample, SampleDecoder, collate
 from c2p.data.shardlist import ShardSource, check_finite_passes, resolve_shards
+from c2p.storage.shardcache import ShardCache
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +92,9 @@ class _LaneBatches(IterableDataset):
         reseed_every: int | None,
         resampled: bool,
         shuffle_buffer: int,
+        cache: ShardCache | None = None,
     ):
-        self.sources, self.weights, self.decoder = list(sources), list(weights), decoder
+        self.sources, self.weights, self.decoder, self.cache = list(sources), list(weights), decoder, cache
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.batch_size, self.lanes, self.start_step = batch_size, lanes, start_step
         self.reseed_every, self.resampled, self.shuffle_buffer = reseed_every, resampled, shuffle_buffer
@@ -125,7 +128,7 @@ class _LaneBatches(IterableDataset):
         """Endless batches of lane ``lane`` of segment ``segment``: all randomness seeded by them."""
         ids = (self.seed, self.rank, segment, lane)
         shard_urls = [self._urls(i, ids) for i in range(len(self.sources))]
-        streams = [read_samples(urls, stats, select=self.decoder.keep_member) for urls in shard_urls]
+        streams = [read_samples(urls, stats, select=self.decoder.keep_member, cache=self.cache) for urls in shard_urls]
         samples = self._mix(streams, random.Random(derive_seed(*ids, _MIX)))
         if self.shuffle_buffer > 0:
             rng = random.Random(derive_seed(*ids, _SHUFFLE))
@@ -280,6 +283,8 @@ class PretrainStream:
             reseed_every=self.reseed_every if self.cfg.resampled else None,
             resampled=self.cfg.resampled,
             shuffle_buffer=self.cfg.shuffle_buffer,
+            cache=ShardCache(self.cfg.cache_dir, int(self.cfg.cache_max_gb * 2**30), on_retry=storage.count_retry)
+            if self.cfg.cache_dir else None,
         )
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

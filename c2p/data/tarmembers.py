@@ -14,23 +14,29 @@ from __future__ import annotations
 
 import io
 import tarfile
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from c2p import storage
+
+if TYPE_CHECKING:
+    from c2p.storage.shardcache import ShardCache
 
 BLOCK = 512
 _COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
 _REGULAR = (b"0", b"\x00", b"7")
 
 
-def iter_members(url: str, select: Callable[[str], bool] | None = None) -> Iterator[tuple[str, bytes]]:
+def iter_members(url: str, select: Callable[[str], bool] | None = None,
+                 cache: "ShardCache | None" = None) -> Iterator[tuple[str, bytes]]:
     """``(name, data)`` of each regular member of the tar at ``url`` whose name ``select`` accepts.
 
     ``url``: a path or an ``s3://`` address (read as one sequential stream that resumes after
-    a dropped connection: :mod:`c2p.storage`). Raises ``tarfile.ReadError`` (not a tar, bad
-    checksum, truncated) or ``OSError`` (``c2p.storage.StorageError`` after the retries).
+    a dropped connection: :mod:`c2p.storage`; through ``cache``, a
+    :class:`~c2p.storage.shardcache.ShardCache`, when given). Raises ``tarfile.ReadError`` (not a
+    tar, bad checksum, truncated) or ``OSError`` (``c2p.storage.StorageError`` after the retries).
     """
-    with storage.open_binary(url) as f:
+    remote = storage.is_remote(url)
+    with cache.open(url) if (cache is not None and remote) else storage.open_binary(url) as f:
         magic = f.read(6)
         if magic.startswith(_COMPRESSED_MAGIC):
             # Foreign compressed tars only (c2p writes plain ones): tarfile needs to seek back.
@@ -38,6 +44,8 @@ def iter_members(url: str, select: Callable[[str], bool] | None = None) -> Itera
             yield from _tarfile_members(io.BytesIO(data) if data is not None else url, select)
         else:
             yield from _ustar_members(_Rewound(f, magic), select)
+        if hasattr(f, "finish"):  # read whole and intact: the cache may keep its copy
+            f.finish()
 
 
 class _Rewound:

@@ -30,7 +30,8 @@ _retries = 0
 _retries_lock = threading.Lock()
 
 
-def _count_retry() -> None:
+def count_retry() -> None:
+    """Count one read retry (streams call it; :func:`take_retries` hands the count on)."""
     global _retries
     with _retries_lock:
         _retries += 1
@@ -59,7 +60,7 @@ def join(base: str | os.PathLike, name: str) -> str:
 def open_binary(path: str | os.PathLike) -> BinaryIO:
     """A binary reader of ``path``: the file, or a resuming :class:`~c2p.storage.s3.S3ReadStream`."""
     if is_remote(path):
-        return S3ReadStream(S3Path.parse(str(path)), on_retry=_count_retry)  # type: ignore[return-value]
+        return S3ReadStream(S3Path.parse(str(path)), on_retry=count_retry)  # type: ignore[return-value]
     return open(path, "rb")
 
 

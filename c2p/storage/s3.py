@@ -125,6 +125,7 @@ class S3ReadStream:
         self.path, self.attempts, self.on_retry = path, attempts, on_retry
         self._raw_pos = 0  # the body's position; the caller's is tell() (bytes buffered but not read are between)
         self.size: int | None = None
+        self.etag = ""  # of the object as first opened
         self._body = None
         self._buf, self._off = b"", 0
 
@@ -138,6 +139,7 @@ class S3ReadStream:
         self._body = resp["Body"]
         if self.size is None:
             self.size = self._raw_pos + int(resp["ContentLength"])
+            self.etag = str(resp.get("ETag", "")).strip('"')
 
     def _drop(self) -> None:
         if self._body is not None:

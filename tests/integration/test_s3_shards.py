@@ -5,6 +5,7 @@ a truncated object as it does a truncated local tar."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -63,6 +64,46 @@ def test_a_truncated_object_is_counted_and_skipped(s3_server, remote):
     got = list(read_samples(["s3://c2p-shards/cut/shard-000000.tar", tars[1]], stats))
     assert stats.corrupt_shards == 1 and "shard s3://c2p-shards/cut/shard-000000.tar" in stats.last_error
     assert len(got) >= len(list(read_shard(tars[1])))
+
+
+def test_a_shard_cache_keeps_whole_tars_within_its_bound(s3_server, remote, tmp_path):
+    """``data.cache_dir``: the first read streams from the bucket and keeps a copy of what it
+    read; the second read of the same address comes from disk with the same samples; a damaged
+    tar leaves no copy; a replaced object is read again; the cache stays within its bound."""
+    from c2p.storage.shardcache import ShardCache
+
+    local, url = remote
+    urls = resolve_shards(url).urls
+    sizes = [os.path.getsize(u) for u in resolve_shards(str(local)).urls]
+    cache = ShardCache(tmp_path / "cache", max_bytes=sizes[0] + sizes[1])
+    first = [s["__key__"] for s in read_samples([urls[0]], ReadStats(), cache=cache)]
+    copy = cache.path(urls[0])
+    assert copy.read_bytes() == open(resolve_shards(str(local)).urls[0], "rb").read()
+    assert [s["__key__"] for s in read_samples([urls[0]], ReadStats(), cache=cache)] == first
+    assert (cache.hits, cache.misses) == (1, 1)
+
+    data = copy.read_bytes()
+    s3_server.client().put_object(Bucket="c2p-shards", Key="cut/shard-000009.tar", Body=data[: len(data) // 2])
+    stats = ReadStats()
+    list(read_samples(["s3://c2p-shards/cut/shard-000009.tar"], stats, cache=cache))
+    assert stats.corrupt_shards == 1 and not cache.path("s3://c2p-shards/cut/shard-000009.tar").exists()
+    assert not list((tmp_path / "cache").rglob("*.tmp"))
+    s3_server.client().put_object(Bucket="c2p-shards", Key="cut/shard-000009.tar", Body=data)  # replaced: read again
+    list(read_samples(["s3://c2p-shards/cut/shard-000009.tar"], ReadStats(), cache=cache))
+    assert cache.misses == 3 and cache.path("s3://c2p-shards/cut/shard-000009.tar").read_bytes() == data
+
+    list(read_samples(urls[1:3], ReadStats(), cache=cache))
+    kept = [p for p in (tmp_path / "cache").rglob("*.tar")]
+    assert sum(p.stat().st_size for p in kept) <= sizes[0] + sizes[1] and cache.path(urls[2]) in kept
+
+    # Through the loader's config: the same batches, and the tars it read are cached.
+    import dataclasses
+
+    kw = dict(rank=0, world_size=1, seed=3, batch_size=4)
+    cfg = dataclasses.replace(loader_config([url]), cache_dir=str(tmp_path / "loader-cache"), workers=0)
+    plain, cached = take(PretrainStream(loader_config([url]), **kw), 3), take(PretrainStream(cfg, **kw), 3)
+    assert [b["key"] for b in plain] == [b["key"] for b in cached]
+    assert list((tmp_path / "loader-cache").rglob("shard-*.tar"))
 
 
 def test_reads_resume_after_the_server_stops_answering(s3_server, remote, monkeypatch):
