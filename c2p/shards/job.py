@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 def run_render_job(cfg: RenderJobConfig, address: str | None = None) -> dict[str, Any]:
     """:func:`render_job` holding the lease of ``cfg.out`` (:mod:`c2p.lease`) until it ends: a second
     driver on the same output is refused (LeaseHeld, exit 2) naming this one. No lease on ``s3://``."""
-    if "://" in str(cfg.out):
+    if storage.is_remote(cfg.out):
         return render_job(cfg, address)
     with Lease(Path(cfg.out).expanduser(), "render output"):
         return render_job(cfg, address)
@@ -71,9 +71,10 @@ def render_job(cfg: RenderJobConfig, address: str | None = None) -> dict[str, An
     ``wall_s``, ``objects_per_s`` (objects of the rendered shards per second of rendering),
     ``timings`` (seconds per stage summed over tasks), ``generations`` (per run that added
     objects: when, how many, which shards), ``new_objects`` (added by this run), ``vanished``
-    (planned objects the corpus no longer lists) with up to 20 ``vanished_uids``, ``out``. Raises PlanMismatch (see
-    :func:`~c2p.shards.output.claim_output`) or CorpusError (unusable corpus root) before
-    writing anything.
+    (planned objects the corpus no longer lists) with up to 20 ``vanished_uids``, ``out``.
+    Raises PlanMismatch (see :func:`~c2p.shards.output.claim_output`) or CorpusError (unusable
+    corpus root) before writing anything. An ``s3://`` ``cfg.out`` is rendered through a local
+    stage (:mod:`c2p.shards.remote`).
     """
     from c2p.corpora import open_corpus
 
