@@ -23,7 +23,7 @@ from typing import BinaryIO
 
 from c2p.storage.s3 import SCHEME, S3Path, S3ReadStream, StorageError, client, describe, is_missing
 
-__all__ = ["SCHEME", "S3Path", "StorageError", "is_remote", "join", "open_binary", "read_bytes", "list_names", "list_tree", "exists",
+__all__ = ["SCHEME", "S3Path", "StorageError", "is_remote", "join", "open_binary", "read_bytes", "list_names", "list_tree", "head", "exists",
            "put_file", "put_bytes", "get_file", "delete", "take_retries"]
 
 _retries = 0
@@ -91,18 +91,28 @@ def list_names(prefix: str | os.PathLike) -> dict[str, int]:
     return names
 
 
+def head(url: str) -> tuple[str, int]:
+    """``(ETag, size in bytes)`` of the object ``url`` (one HEAD). FileNotFoundError naming ``url``
+    when there is no such object; StorageError (the address and the server's code) otherwise."""
+    where = S3Path.parse(url)
+    try:
+        resp = client().head_object(Bucket=where.bucket, Key=where.key)
+    except Exception as exn:
+        if is_missing(exn):
+            raise FileNotFoundError(f"{url} does not exist") from None
+        raise StorageError(f"{url}: HEAD failed ({describe(exn)})") from exn
+    return str(resp.get("ETag", "")).strip('"'), int(resp["ContentLength"])
+
+
 def exists(path: str | os.PathLike) -> bool:
     """Whether the file or object exists (one HEAD for an address)."""
     if not is_remote(path):
         return Path(path).exists()
-    where = S3Path.parse(str(path))
     try:
-        client().head_object(Bucket=where.bucket, Key=where.key)
+        head(str(path))
         return True
-    except Exception as exn:
-        if is_missing(exn) or getattr(exn, "response", {}).get("Error", {}).get("Code") == "404":
-            return False
-        raise StorageError(f"{path}: HEAD failed ({describe(exn)})") from exn
+    except FileNotFoundError:
+        return False
 
 
 def list_tree(prefix: str) -> dict[str, int]:
@@ -151,7 +161,7 @@ def get_file(url: str, local: str | os.PathLike) -> int:
         client().download_file(where.bucket, where.key, str(tmp))
     except Exception as exn:
         tmp.unlink(missing_ok=True)
-        if is_missing(exn) or getattr(exn, "response", {}).get("Error", {}).get("Code") == "404":
+        if is_missing(exn):
             raise FileNotFoundError(f"{url} does not exist") from None
         raise StorageError(f"{url}: download to {local} failed ({describe(exn)})") from exn
     os.replace(tmp, local)

@@ -18,8 +18,8 @@ import logging
 import os
 from pathlib import Path
 
-from c2p.storage import get_file, is_remote
-from c2p.storage.s3 import S3Path, StorageError, client, describe, is_missing
+from c2p.storage import get_file, head, is_remote
+from c2p.storage.s3 import S3Path, StorageError
 
 __all__ = ["CACHE_ENV", "cache_root", "local_copy"]
 
@@ -46,13 +46,7 @@ def local_copy(path: str | os.PathLike, cache: str | os.PathLike | None = None) 
     where = S3Path.parse(url)
     if not where.key or where.key.endswith("/"):
         raise ValueError(f"{url!r}: expected the address of one object (s3://bucket/key), not a prefix")
-    try:
-        head = client().head_object(Bucket=where.bucket, Key=where.key)
-    except Exception as exn:
-        if is_missing(exn) or getattr(exn, "response", {}).get("Error", {}).get("Code") == "404":
-            raise FileNotFoundError(f"{url} does not exist") from None
-        raise StorageError(f"{url}: HEAD failed ({describe(exn)})") from exn
-    etag, size = str(head.get("ETag", "")).strip('"'), int(head["ContentLength"])
+    etag, size = head(url)
     local = Path(cache or cache_root()) / where.bucket / where.key
     stamp = local.with_name(local.name + ".etag")
     if local.is_file() and local.stat().st_size == size and stamp.is_file() and stamp.read_text() == etag:

@@ -16,7 +16,8 @@ import logging
 import os
 from pathlib import Path
 
-from c2p.storage.s3 import S3Path, S3ReadStream, client, describe, is_missing
+from c2p.storage import head
+from c2p.storage.s3 import S3Path, S3ReadStream, StorageError
 
 __all__ = ["ShardCache"]
 
@@ -50,15 +51,13 @@ class ShardCache:
     def _current(self, url: str, etag: str) -> bool:
         """The cached copy still has the object's bytes (one HEAD). A store that does not answer
         keeps the copy in use: shards are immutable once written, and training goes on."""
-        where = S3Path.parse(url)
         try:
-            head = client().head_object(Bucket=where.bucket, Key=where.key)
-        except Exception as exn:
-            if is_missing(exn) or getattr(exn, "response", {}).get("Error", {}).get("Code") == "404":
-                raise FileNotFoundError(f"{url} does not exist (a cached copy does: the object was deleted)") from None
-            log.warning("%s: HEAD failed (%s); reading the cached copy", url, describe(exn))
+            return head(url)[0] == etag
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{url} does not exist (a cached copy does: the object was deleted)") from None
+        except StorageError as exn:
+            log.warning("%s; reading the cached copy", exn)
             return True
-        return str(head.get("ETag", "")).strip('"') == etag
 
     def _commit(self, tmp: Path, local: Path, etag: str) -> None:
         local.with_name(local.name + ETAG_SUFFIX).write_text(etag)
