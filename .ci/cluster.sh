@@ -37,6 +37,8 @@ CTLD_PORT="${C2P_CLUSTER_CTLD_PORT:-6827}"
 SLURMD_PORT="${C2P_CLUSTER_SLURMD_PORT:-6828}"
 PARTITION="${C2P_CLUSTER_PARTITION:-hosts}"
 MUNGE_SOCKET="/run/munge/munge.socket.2"
+# shellcheck source=slurm-common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/slurm-common.sh"
 HOSTS_FILE="$STATE/hosts"  # one namespace name a line, written before the namespace is made
 
 log() { echo "[c2p cluster] $*" >&2; }
@@ -114,42 +116,19 @@ ClusterName=c2pmulti
 SlurmctldHost=$CTL($(host_addr "$CTL"))
 SlurmctldPort=$CTLD_PORT
 SlurmdPort=$SLURMD_PORT
-AuthType=auth/munge
-CredType=cred/munge
-# cred_expire also delays a requeued job's restart (default 120 s): short for tests.
-AuthInfo=socket=$MUNGE_SOCKET,cred_expire=10
-SlurmUser=root
-SlurmdUser=root
 StateSaveLocation=$STATE/ctld
 SlurmdSpoolDir=$STATE/spool/%n
 SlurmctldPidFile=$STATE/slurmctld.pid
 SlurmdPidFile=$STATE/slurmd-%n.pid
 SlurmctldLogFile=$STATE/log/slurmctld.log
 SlurmdLogFile=$STATE/log/slurmd-%n.log
-SlurmctldDebug=info
-SlurmdDebug=info
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-MpiDefault=none
-SwitchType=switch/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/none
-SchedulerType=sched/backfill
-SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU
 # A host that died stays DOWN until someone resumes it (as on a real cluster, a lost node is looked at).
 ReturnToService=1
 # Notice a dead host within seconds: slurmctld pings every SlurmdTimeout/3.
 SlurmdTimeout=6
 MessageTimeout=5
-MinJobAge=300
-JobRequeue=1
-EnforcePartLimits=ALL
-KillWait=5
-SchedulerParameters=batch_sched_delay=1,sched_min_interval=100000
-MailProg=/bin/true
 EOF
+    slurm_common_conf "$MUNGE_SOCKET"
     for i in $(seq "$n"); do
       echo "NodeName=c2p-h$i NodeAddr=$(host_addr "c2p-h$i") CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN"
       nodes="${nodes:+$nodes,}c2p-h$i"

@@ -22,6 +22,8 @@ PARTITION="${C2P_SLURM_PARTITION:-debug}"
 CTLD_PORT="${C2P_SLURMCTLD_PORT:-6817}"
 SLURMD_PORT="${C2P_SLURMD_PORT:-6818}"
 MUNGE_SOCKET="/run/munge/munge.socket.2"
+# shellcheck source=slurm-common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/slurm-common.sh"
 
 log() { echo "[c2p slurm] $*" >&2; }
 
@@ -36,49 +38,25 @@ write_conf() {
   # only bounds --mem requests so that an impossible one is refused at submission.
   mem_mb="$(awk '/MemTotal/ {printf "%d", $2 / 1024 * 0.9}' /proc/meminfo)"
   mkdir -p "$STATE/ctld" "$STATE/spool" "$STATE/log"
-  cat >"$CONF.tmp" <<EOF
+  {
+    cat <<EOF
 # Written by .ci/slurm.sh: a single-node test cluster on $NODE.
 ClusterName=c2p
 SlurmctldHost=$NODE(127.0.0.1)
 SlurmctldPort=$CTLD_PORT
 SlurmdPort=$SLURMD_PORT
-AuthType=auth/munge
-CredType=cred/munge
-# cred_expire also delays a requeued job's restart (default 120 s): short for tests.
-AuthInfo=socket=$MUNGE_SOCKET,cred_expire=10
-SlurmUser=root
-SlurmdUser=root
 StateSaveLocation=$STATE/ctld
 SlurmdSpoolDir=$STATE/spool
 SlurmctldPidFile=$STATE/slurmctld.pid
 SlurmdPidFile=$STATE/slurmd.pid
 SlurmctldLogFile=$STATE/log/slurmctld.log
 SlurmdLogFile=$STATE/log/slurmd.log
-SlurmctldDebug=info
-SlurmdDebug=info
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-MpiDefault=none
-SwitchType=switch/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/none
-SchedulerType=sched/backfill
-SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU
 ReturnToService=2
-# Jobs stay visible to squeue/scontrol for 5 min after they end (no accounting database here).
-MinJobAge=300
-# Requeue is what submitit does on preemption/timeout.
-JobRequeue=1
-# Refuse at submission what the partition can never run (e.g. more tasks than CPUs).
-EnforcePartLimits=ALL
-KillWait=5
-SchedulerParameters=batch_sched_delay=1,sched_min_interval=100000
-MailProg=/bin/true
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
 PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 EOF
+    slurm_common_conf "$MUNGE_SOCKET"
+  } >"$CONF.tmp"
   mv "$CONF.tmp" "$CONF"
 }
 
