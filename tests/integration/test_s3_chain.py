@@ -23,6 +23,17 @@ def _train(shards: str, run_dir, remote: str, steps: int) -> list[str]:
             "checkpoint.every=2", "checkpoint.keep=1", f"checkpoint.remote={remote}"]
 
 
+def _rank0_log(run) -> str:
+    """Rank 0's log file. Not its stderr: the upload thread logs while the export's progress bar
+    writes to the same stderr, and concurrent writes to one text stream may lose a line."""
+    return (run / "logs" / "train_rank0.log").read_text()
+
+
+def _tails(outs: list[str]) -> str:
+    """The last lines of every rank's output, for an assertion message (pytest cuts long strings)."""
+    return "\n".join(f"--- rank {r} ---\n" + "\n".join(o.splitlines()[-60:]) for r, o in enumerate(outs))
+
+
 def _remote_tree(server, bucket: str, prefix: str) -> dict[str, str]:
     """``{key under prefix: sha256}`` of every object."""
     c, out = server.client(), {}
@@ -61,8 +72,8 @@ def test_render_pretrain_checkpoint_wipe_resume_export_evaluate_in_a_bucket(s3_s
     # 1. 4 steps on 2 ranks, a tag every 2 steps, keep 1: the bucket holds step 4 only, and the export
     remote = "s3://c2p-chain/runs/chain"
     run = tmp_path / "runs" / "chain"
-    out = launch(2, _train(shards, tmp_path / "runs", remote, 4))[0]
-    assert "uploaded step_00000004 to s3://c2p-chain/runs/chain" in out
+    outs = launch(2, _train(shards, tmp_path / "runs", remote, 4))
+    assert "uploaded step_00000004 to s3://c2p-chain/runs/chain" in _rank0_log(run), _tails(outs)
     tree = _remote_tree(s3_server, "c2p-chain", "runs/chain")
     assert {k.split("/")[0] for k in tree} == {"step_00000004", "latest", "export"}  # step 2: pruned remotely (keep 1)
     local_tag = run / "checkpoints" / "step_00000004"
@@ -73,8 +84,9 @@ def test_render_pretrain_checkpoint_wipe_resume_export_evaluate_in_a_bucket(s3_s
 
     # 2. the node is wiped; the same command trained on to step 6 resumes from the bucket
     shutil.rmtree(run)
-    out = launch(2, _train(shards, tmp_path / "runs", remote, 6))[0]
-    assert "downloaded step_00000004 from s3://c2p-chain/runs/chain" in out and "resumed from step 4" in out
+    outs = launch(2, _train(shards, tmp_path / "runs", remote, 6))
+    log = _rank0_log(run)
+    assert "downloaded step_00000004 from s3://c2p-chain/runs/chain" in log and "resumed from step 4" in log, _tails(outs)
     again = read_metrics(run)
     assert [r["step"] for r in again] == [5, 6] and all(r["loss"] == r["loss"] for r in again)
     assert again[-1]["samples"] == 6 * 8 and first[-1]["samples"] == 4 * 8
