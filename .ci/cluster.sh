@@ -138,11 +138,11 @@ EOF
   mv "$CONF.tmp" "$CONF"
 }
 
-nodes_ready() {  # every compute host idle/mixed/allocated
+nodes_ready() {  # every compute host idle/mixed/allocated and responding (a "*" suffix: not responding)
   local want have
   want="$(compute_hosts | wc -l)"
   [ "$want" -gt 0 ] || return 1
-  have="$(SLURM_CONF="$CONF" sinfo -h -N -o '%N %T' 2>/dev/null | awk '$2 ~ /^(idle|mixed|allocated|completing)/' | sort -u | wc -l)"
+  have="$(SLURM_CONF="$CONF" sinfo -h -N -o '%N %T' 2>/dev/null | awk '$2 ~ /^(idle|mixed|allocated|completing)$/' | sort -u | wc -l)"
   [ "$have" -eq "$want" ]
 }
 

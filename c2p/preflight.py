@@ -157,17 +157,24 @@ def check_output_dir(key: str, path: str) -> None:
         raise ConfigError(key, path, f"a writable directory ({existing} is not writable: {e.strerror})") from e
 
 
-def check_pretrain(cfg: "PretrainConfig", *, nodes: int, tasks_per_node: int, gpus_per_node: int) -> None:
+def check_pretrain(cfg: "PretrainConfig", *, nodes: int | tuple[int, int], tasks_per_node: int, gpus_per_node: int) -> None:
     """What a pre-training job would otherwise find out after its run directory exists: the
     shards, the model name, the weights file, the image sizes, the batch split over
-    ``nodes x tasks_per_node`` ranks, the device settings and an explicit ``checkpoint.resume``."""
+    ``nodes x tasks_per_node`` ranks, the device settings and an explicit ``checkpoint.resume``.
+
+    ``nodes``: a count, or ``(min, max)`` for an elastic job: the batch must split over every
+    world size the job may restart at, and the shards must serve the largest."""
     from c2p.models.clip import image_size
 
-    world = nodes * tasks_per_node
-    per_step = world * cfg.train.grad_accum
-    if cfg.train.batch_size % per_step:
-        raise ConfigError("train.batch_size", cfg.train.batch_size,
-                          f"a multiple of nodes x tasks-per-node x train.grad_accum = {nodes} x {tasks_per_node} x {cfg.train.grad_accum} = {per_step}")
+    fewest, most = nodes if isinstance(nodes, tuple) else (nodes, nodes)
+    world = most * tasks_per_node
+    for n in range(fewest, most + 1):
+        per_step = n * tasks_per_node * cfg.train.grad_accum
+        if cfg.train.batch_size % per_step:
+            at = f" (--nodes {fewest}-{most} may run on {n})" if fewest < most else ""
+            raise ConfigError("train.batch_size", cfg.train.batch_size,
+                              f"a multiple of nodes x tasks-per-node x train.grad_accum = {n} x {tasks_per_node} x "
+                              f"{cfg.train.grad_accum} = {per_step}{at}")
     if cfg.train.backend == "nccl" and not gpus_per_node:
         raise ConfigError("train.backend", "nccl", "gloo or auto when no GPUs are requested (--gpus-per-node 0)")
     if cfg.train.precision == "bf16" and not gpus_per_node:

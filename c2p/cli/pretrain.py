@@ -67,7 +67,7 @@ def body(args: argparse.Namespace) -> int:
     cfg = resolve_paths(load_config(PretrainConfig, args.config, args.overrides))
     opts = ClusterOptions.from_args(args)
     # everything the ranks would read, checked here: a refusal leaves no run directory behind
-    check_pretrain(cfg, nodes=opts.nodes, tasks_per_node=opts.tasks_per_node, gpus_per_node=opts.gpus_per_node)
+    check_pretrain(cfg, nodes=opts.node_range, tasks_per_node=opts.tasks_per_node, gpus_per_node=opts.gpus_per_node)
     run_dir = Path(cfg.run.dir) / cfg.run.name
     check_free(run_dir, "run directory")  # one job per run directory; its rank 0 holds the lease (c2p.lease)
     print_result(launch(TARGET, cfg, opts, run_dir, config_text=to_yaml(cfg), dry_run=args.dry_run, wait_for_result=args.wait))

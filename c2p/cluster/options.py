@@ -14,7 +14,7 @@ from typing import Any
 
 from c2p.cluster.errors import LaunchError
 
-__all__ = ["ClusterOptions", "add_cluster_args", "default_cluster", "parse_time", "mem_mb"]
+__all__ = ["ClusterOptions", "add_cluster_args", "default_cluster", "parse_time", "parse_nodes", "mem_mb"]
 
 _MEM = re.compile(r"(\d+)([KMGT]?)B?", flags=re.I)
 
@@ -60,6 +60,17 @@ def parse_time(value: str | int) -> int:
     return minutes
 
 
+def parse_nodes(value: str | int) -> tuple[int, int]:
+    """``--nodes`` → ``(min, max)``: ``"2"`` → (2, 2); ``"1-2"`` → (1, 2), SLURM's min-max form."""
+    m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", str(value))
+    if not m:
+        raise LaunchError(f"--nodes {value!r}: expected a node count (2) or a range MIN-MAX (1-2)")
+    lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+    if not 1 <= lo <= hi:
+        raise LaunchError(f"--nodes {value!r}: expected 1 <= MIN <= MAX")
+    return lo, hi
+
+
 def mem_mb(mem: str) -> int:
     """A SLURM memory size (``64G``, ``500M``, ``1T``; no unit = MB) → megabytes."""
     m = _MEM.fullmatch(mem.strip())
@@ -75,6 +86,9 @@ class ClusterOptions:
 
     cluster: str = "local"
     nodes: int = 1
+    min_nodes: int | None = None
+    """elastic jobs (``--nodes MIN-MAX``): SLURM starts the job, and restarts it after a lost
+    node, on as few as ``min_nodes`` nodes when no more are free; ``nodes`` is the most"""
     tasks_per_node: int = 1
     gpus_per_node: int = 0
     cpus_per_task: int | None = None
@@ -97,7 +111,19 @@ class ClusterOptions:
 
     @property
     def world_size(self) -> int:
+        """Ranks on the most nodes the job may get."""
         return self.nodes * self.tasks_per_node
+
+    @property
+    def node_range(self) -> tuple[int, int]:
+        """(fewest, most) nodes the job may run on."""
+        return (self.min_nodes or self.nodes, self.nodes)
+
+    @property
+    def nodes_text(self) -> str:
+        """sbatch's ``--nodes`` value: ``2``, or ``1-2`` for an elastic job."""
+        lo, hi = self.node_range
+        return str(hi) if lo == hi else f"{lo}-{hi}"
 
     def validate(self) -> None:
         if self.cluster not in ("slurm", "local"):
@@ -105,6 +131,8 @@ class ClusterOptions:
         for name in ("nodes", "tasks_per_node"):
             if getattr(self, name) < 1:
                 raise LaunchError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected at least 1")
+        if self.min_nodes is not None and not 1 <= self.min_nodes <= self.nodes:
+            raise LaunchError(f"--nodes {self.min_nodes}-{self.nodes}: expected 1 <= MIN <= MAX")
         if self.gpus_per_node < 0:
             raise LaunchError(f"--gpus-per-node {self.gpus_per_node}: expected 0 or more")
         if self.cpus_per_task is not None and self.cpus_per_task < 1:
@@ -118,7 +146,7 @@ class ClusterOptions:
             )
         if self.cluster == "local":
             if self.nodes != 1:
-                raise LaunchError(f"--nodes {self.nodes} with --cluster local: the local executor runs on this machine only (expected 1)")
+                raise LaunchError(f"--nodes {self.nodes_text} with --cluster local: the local executor runs on this machine only (expected 1)")
             if self.gpus_per_node:
                 import torch  # lazy: only asked when GPUs are requested locally
 
@@ -137,9 +165,11 @@ class ClusterOptions:
                 raise LaunchError(f"--sbatch {item!r}: expected an sbatch option such as mail-type=END or requeue")
             extra[key] = value if eq else True
         tasks = args.tasks_per_node if args.tasks_per_node is not None else max(1, args.gpus_per_node or 0)
+        fewest, most = parse_nodes(args.nodes)
         opts = cls(
             cluster=args.cluster,
-            nodes=args.nodes,
+            nodes=most,
+            min_nodes=fewest if fewest < most else None,
             tasks_per_node=tasks,
             gpus_per_node=args.gpus_per_node or 0,
             cpus_per_task=args.cpus_per_task,
@@ -164,7 +194,8 @@ def add_cluster_args(parser: argparse.ArgumentParser, *, job_name: str = "c2p") 
     """The resource flags every launcher shares (``--cluster``, ``--nodes``, ... ``--dry-run``)."""
     g = parser.add_argument_group("cluster (SLURM through submitit, or local processes)")
     g.add_argument("--cluster", choices=["slurm", "local"], default=default_cluster(), help="default: slurm where sbatch and a slurm.conf exist, else local (now: %(default)s)")
-    g.add_argument("--nodes", type=int, default=1, help="nodes (SLURM)")
+    g.add_argument("--nodes", default="1", help="nodes (SLURM): N, or MIN-MAX for a job that starts, and restarts after a "
+                   "lost node, on the nodes it can get (pre-training resumes at the smaller world size)")
     g.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node; one process per GPU")
     g.add_argument("--tasks-per-node", type=int, default=None, help="processes (ranks) per node (default: GPUs per node, or 1)")
     g.add_argument("--cpus-per-task", type=int, default=None, help="CPU cores per rank (data loader workers + 1)")

@@ -53,6 +53,10 @@ def slurm_parameters(opts: ClusterOptions, *, array: bool = False) -> dict[str, 
     for name in ("partition", "account", "qos", "constraint", "cpus_per_task"):
         if getattr(opts, name) is not None:
             params[name] = getattr(opts, name)
+    if opts.min_nodes is not None:  # submitted for its largest size; shrunk when stranded (c2p.cluster.elastic)
+        from c2p.cluster.elastic import task_count_setup
+
+        params["setup"] = task_count_setup(opts)
     if opts.gpus_per_node:
         params["gpus_per_node"] = opts.gpus_per_node
     if opts.exclusive:
@@ -144,7 +148,8 @@ def partitions() -> dict[str, list[dict[str, Any]]]:
 
 
 def check_fit(opts: ClusterOptions, parts: dict[str, list[dict[str, Any]]]) -> None:
-    """Refuse a request no ``opts.nodes`` nodes of ``parts`` (:func:`parse_sinfo`) can hold."""
+    """Refuse a request that not even the fewest nodes it asks for (``opts.node_range``) of ``parts``
+    (:func:`parse_sinfo`) can hold."""
     if not parts:
         raise LaunchError("sinfo lists no partitions: is the SLURM cluster up?")
     if opts.partition is not None:
@@ -157,10 +162,10 @@ def check_fit(opts: ClusterOptions, parts: dict[str, list[dict[str, Any]]]) -> N
     need_mb = mem_mb(opts.mem) if opts.mem else 0
     fit = [n for n in nodes if n["cpus"] >= need_cpus and n["gpus"] >= opts.gpus_per_node and n["mem_mb"] >= need_mb]
     names = len({n["name"] for n in fit})
-    if names < opts.nodes:
+    if names < opts.node_range[0]:
         biggest = max(nodes, key=lambda n: (n["cpus"], n["gpus"]))
         raise LaunchError(
-            f"impossible request: {opts.nodes} node(s) x {opts.tasks_per_node} task(s) x {opts.cpus_per_task or 1} CPU(s)"
+            f"impossible request: {opts.nodes_text} node(s) x {opts.tasks_per_node} task(s) x {opts.cpus_per_task or 1} CPU(s)"
             f"{f' x {opts.gpus_per_node} GPU(s)' if opts.gpus_per_node else ''}{f' with {opts.mem} memory' if opts.mem else ''}"
             f" per node; {where} has {names} node(s) that fit (largest node {biggest['name']}: {biggest['cpus']} CPUs, "
             f"{biggest['gpus']} GPUs, {biggest['mem_mb']} MB)"

@@ -139,7 +139,7 @@ def submit_array(
 def describe_job(job: Any, opts: ClusterOptions, run_dir: str | Path | None = None) -> str:
     """Job id, where its logs are and how to follow, inspect and cancel it."""
     stdout, stderr = job.paths.stdout, job.paths.stderr
-    lines = [f"submitted job {job.job_id} ({opts.cluster}: {opts.nodes} node(s) x {opts.tasks_per_node} task(s))"]
+    lines = [f"submitted job {job.job_id} ({opts.cluster}: {opts.nodes_text} node(s) x {opts.tasks_per_node} task(s))"]
     if run_dir is not None:
         lines.append(f"  run dir : {Path(run_dir).absolute()}")
     lines += [
@@ -258,14 +258,21 @@ def _end_local_job_if_a_rank_failed(job: Any) -> None:
             pass
 
 
-def wait(jobs: Sequence[Any], timeout_s: float | None = None, poll_s: float = 2.0, *, first_rank_only: bool = False) -> None:
+def wait(jobs: Sequence[Any], timeout_s: float | None = None, poll_s: float = 2.0, *, first_rank_only: bool = False,
+         elastic: ClusterOptions | None = None) -> None:
     """Block until every job has ended (result written, or SLURM says it ended); with
-    ``first_rank_only``, until rank 0 of each has written its result."""
+    ``first_rank_only``, until rank 0 of each has written its result. ``elastic``: the request
+    of jobs submitted with ``--nodes MIN-MAX``, shrunk to the nodes left when a lost node
+    stranded them (:func:`c2p.cluster.elastic.shrink_if_stranded`)."""
+    from c2p.cluster.elastic import shrink_if_stranded
+
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     pending = list(jobs)
     while pending:
         for job in pending:
             _end_local_job_if_a_rank_failed(job)
+            if elastic is not None:
+                shrink_if_stranded(job, elastic)
         pending = [j for j in pending if not _finished(j, first_rank_only)]
         if not pending:
             return
@@ -274,14 +281,15 @@ def wait(jobs: Sequence[Any], timeout_s: float | None = None, poll_s: float = 2.
         time.sleep(poll_s)
 
 
-def collect(jobs: Sequence[Any], timeout_s: float | None = None, *, first_rank_only: bool = False) -> list[Any]:
+def collect(jobs: Sequence[Any], timeout_s: float | None = None, *, first_rank_only: bool = False,
+            elastic: ClusterOptions | None = None) -> list[Any]:
     """Wait for ``jobs`` and return each one's result (rank 0's for multi-task jobs), in order.
 
     Raises :class:`LaunchError` listing every failed element with its error and log path.
     ``first_rank_only``: only rank 0's result counts, for jobs whose other ranks only serve it
     (a Ray cluster's workers) and may be lost with their node without failing the job.
     """
-    wait(jobs, timeout_s, first_rank_only=first_rank_only)
+    wait(jobs, timeout_s, first_rank_only=first_rank_only, elastic=elastic)
     results, failures = [], []
     for i, job in enumerate(jobs):
         # Task by task, and only where a result file exists: submitit's own results() would
@@ -331,7 +339,9 @@ def launch(
         return None
     print(describe_job(job, opts, run_dir), file=out, flush=True)
     if wait_for_result if wait_for_result is not None else opts.cluster == "local":
-        return collect([job])[0]
+        # an elastic job (--nodes MIN-MAX) may end with fewer ranks than it asked for: rank 0's result is the job's
+        elastic = opts if opts.min_nodes is not None else None
+        return collect([job], first_rank_only=elastic is not None, elastic=elastic)[0]
     return job
 
 

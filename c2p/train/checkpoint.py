@@ -177,8 +177,9 @@ class CheckpointManager:
     """
 
     def __init__(self, root: str | Path, *, rank: int, world_size: int, zero_stage: int, every: int, keep: int,
-                 signature: dict, config: dict, config_hash: str, mirror=None):
+                 signature: dict, config: dict, config_hash: str, mirror=None, hosts: list[str] | None = None):
         self.root = Path(root)
+        self.hosts = hosts or []  # every rank's host, rank order (c2p.train.placement): recorded in each marker
         self.rank, self.world_size, self.zero_stage = rank, world_size, zero_stage
         self.every, self.keep = every, keep
         self.signature, self.config, self.config_hash = signature, config, config_hash
@@ -418,7 +419,7 @@ class CheckpointManager:
         parts = gather_objects_to_rank0(own)
         if self.rank == 0:
             marker = {
-                "tag": tag, "step": step, "world_size": self.world_size, "zero_stage": self.zero_stage,
+                "tag": tag, "step": step, "world_size": self.world_size, "hosts": self.hosts, "zero_stage": self.zero_stage,
                 "signature": self.signature, "config_hash": self.config_hash, "config": self.config,
                 "state": client["c2p"], "time": time.time(), "versions": _versions(),
                 "checksum": CHECKSUM, "files": build_manifest(tag_dir, parts, skip=_NOT_HASHED),

@@ -17,6 +17,7 @@ from c2p.cluster import (
     LaunchError,
     parse_time,
 )
+from c2p.cluster.options import parse_nodes
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,6 +35,17 @@ def test_parse_time(text, minutes):
 def test_parse_time_refuses(text):
     with pytest.raises(LaunchError, match="--time"):
         parse_time(text)
+
+
+@pytest.mark.parametrize("text, span", [("2", (2, 2)), (1, (1, 1)), ("1-2", (1, 2)), (" 2 - 4 ", (2, 4))])
+def test_parse_nodes(text, span):
+    assert parse_nodes(text) == span
+
+
+@pytest.mark.parametrize("text", ["two", "0", "2-1", "0-2", "1-", "1-2-3"])
+def test_parse_nodes_refuses(text):
+    with pytest.raises(LaunchError, match=f"--nodes {text!r}"):
+        parse_nodes(text)
 
 
 def test_local_requests_are_checked():
@@ -63,6 +75,18 @@ def test_dry_run_prints_the_sbatch_script_and_resolved_config(tmp_path, tiny_sha
     assert "srun --unbuffered" in out and "submitit.core._submit" in out
     assert "steps: 7" in out and f"- {tiny_shards}" in out  # the resolved config, paths absolute
     assert not (tmp_path / "runs").exists(), "a dry run wrote something"
+
+
+def test_an_elastic_node_count_reaches_sbatch_and_the_batch_must_split_at_every_size(tmp_path, tiny_shards, capsys):
+    argv = ["--config", str(TINY), "--cluster", "slurm", "--tasks-per-node", "2", "--dry-run"]
+    assert pretrain_cli.main([*argv, "--nodes", "1-2", *tiny_overrides(tiny_shards, tmp_path / "runs", "el", "train.batch_size=8")]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^#SBATCH --nodes=2$", out, flags=re.M) and "SLURM_NTASKS=$((SLURM_JOB_NUM_NODES * 2))" in out, out
+    # 8 splits over 1 x 2 and 2 x 2 ranks; --nodes 2-3 may get 3 x 2 = 6 ranks, which it does not split over
+    rc = pretrain_cli.main([*argv, "--nodes", "2-3", *tiny_overrides(tiny_shards, tmp_path / "runs", "el", "train.batch_size=8")])
+    err = capsys.readouterr().err
+    assert rc == 2 and re.search(r"train.batch_size.*= 6 \(--nodes 2-3 may run on 3\)", err), err
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize(

@@ -93,6 +93,17 @@ def test_mem_mb(text, mb):
     assert mem_mb(text) == mb
 
 
+def test_an_elastic_request_fits_when_its_fewest_nodes_do(tmp_path):
+    parts = parse_sinfo(SINFO)
+    check_fit(ClusterOptions(cluster="slurm", nodes=4, min_nodes=2, tasks_per_node=8, gpus_per_node=8, partition="gpu"), parts)
+    with pytest.raises(LaunchError, match="impossible request: 3-4 node"):
+        check_fit(ClusterOptions(cluster="slurm", nodes=4, min_nodes=3, tasks_per_node=8, gpus_per_node=8, partition="gpu"), parts)
+    # submitted for its largest size, its ranks counted from the allocation it gets
+    script = sbatch_script(ClusterOptions(cluster="slurm", nodes=2, min_nodes=1, tasks_per_node=4), tmp_path).splitlines()
+    assert "#SBATCH --nodes=2" in script and "export SLURM_NTASKS=$((SLURM_JOB_NUM_NODES * 4)) SLURM_NPROCS=$((SLURM_JOB_NUM_NODES * 4))" in script
+    assert not any("SLURM_NTASKS" in line for line in sbatch_script(ClusterOptions(cluster="slurm", nodes=2), tmp_path).splitlines())
+
+
 def test_mem_mb_refuses_other_text():
     with pytest.raises(LaunchError, match="--mem '64 gigs'"):
         mem_mb("64 gigs")
@@ -125,3 +136,28 @@ def test_sbatch_parameters_and_script_carry_the_request(tmp_path):
 )
 def test_parse_node_addr(text, addr):
     assert parse_node_addr(text) == addr
+
+
+# `scontrol show job -o` of a job requeued after its second node died (slurm-wlm 22.05, cut)
+REQUEUED = ("JobId=93 JobName=wrap UserId=root(0) GroupId=root(0) MCS_label=N/A Priority=4294901759 Nice=0 Account=(null) "
+            "QOS=(null) JobState=PENDING Reason=ReqNodeNotAvail, UnavailableNodes:c2p-h2 Dependency=(null) Requeue=1 "
+            "Restarts=1 BatchFlag=1 Reboot=0 ExitCode=0:0 Partition=hosts AllocNode:Sid=localhost:18781 "
+            "ReqNodeList=(null) NodeList=(null) NumNodes=2-2 NumCPUs=2 NumTasks=2 CPUs/Task=1 ReqB:S:C:T=0:0:*:* "
+            "TRES=cpu=2,node=2,billing=2 Socks/Node=* NtasksPerN:B:S:C=1:0:*:* Power=")
+
+
+def test_parse_job_reads_keys_with_slashes_and_colons_and_reasons_with_spaces():
+    from c2p.cluster.elastic import parse_job
+
+    job = parse_job(REQUEUED)
+    assert job["JobState"] == "PENDING" and job["Restarts"] == "1" and job["Partition"] == "hosts"
+    assert job["Reason"] == "ReqNodeNotAvail, UnavailableNodes:c2p-h2"
+    assert job["NumNodes"] == "2-2" and job["CPUs/Task"] == "1" and job["AllocNode:Sid"] == "localhost:18781"
+    assert job["TRES"] == "cpu=2,node=2,billing=2" and job["Power"] == ""
+
+
+def test_count_usable_skips_nodes_that_do_not_respond_or_take_no_jobs():
+    from c2p.cluster.elastic import count_usable
+
+    text = "c2p-h1 mixed\nc2p-h2 down*\nc2p-h3 idle*\nc2p-h4 drained\nc2p-h5 allocated\nc2p-h5 allocated\nc2p-h6 idle\n"
+    assert count_usable(text) == 3
