@@ -14,10 +14,10 @@
       .fault-shard-K          marker of an injected worker death (c2p.shards.faults)
 
 A shard directory may also be an ``s3://bucket/prefix`` address with the same names under it;
-:func:`list_shard_tars` lists either. The writer (:mod:`c2p.shards`) and the readers (:mod:`c2p.schema`'s ``ShardIndex``, the
-loader, previews, exports) ask this module for paths; no other module spells these names.
-It lives beside the schema, not in the job's package, because readers need it and must not
-import the job; it imports nothing heavy.
+:func:`list_shard_tars` lists the tars of either. The writer (:mod:`c2p.shards`) and the
+readers (:mod:`c2p.schema`'s ``ShardIndex``, the loader, previews, exports) ask this module for
+paths; no other module spells these names. It lives beside the schema, not in the job's
+package, because readers need it and must not import the job; it imports nothing heavy.
 """
 
 from __future__ import annotations
