@@ -13,19 +13,22 @@
       previews/preview-NNN.png  contact sheets for people
       .fault-shard-K          marker of an injected worker death (c2p.shards.faults)
 
-The writer (:mod:`c2p.shards`) and the readers (:mod:`c2p.schema`'s ``ShardIndex``, the
-loader, previews, exports) ask this module for paths; no other module spells these names.
-It lives beside the schema, not in the job's package, because readers need it and must not
-import the job; it imports nothing heavy.
+A shard directory may also be an ``s3://bucket/prefix`` address with the same names under it;
+:func:`list_shard_tars` lists the tars of either. The writer (:mod:`c2p.shards`) and the
+readers (:mod:`c2p.schema`'s ``ShardIndex``, the loader, previews, exports) ask this module for
+paths; no other module spells these names. It lives beside the schema, not in the job's
+package, because readers need it and must not import the job; it imports nothing heavy.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from c2p import storage
 from c2p.fileio import TMP_SUFFIX
 
 INDEX_NAME = "index.json"
@@ -148,3 +151,14 @@ class ShardDir:
         found += self.shard_tars() + sorted(self.root.glob("*" + TMP_SUFFIX))
         found += sorted(self.root.glob(FAULT_MARKER_PATTERN.format("*")))
         return found
+
+
+def list_shard_tars(root: str | os.PathLike) -> list[str]:
+    """Every ``shard-*.tar`` directly in ``root``, sorted by name: the paths of a local shard directory
+    (:meth:`ShardDir.shard_tars`), or the addresses under an ``s3://`` prefix (one listing; a missing
+    prefix or bucket lists nothing). Raises ValueError for a malformed address
+    (:func:`c2p.storage.check_url`), StorageError naming the prefix when the listing fails."""
+    if not storage.is_remote(root):
+        return [str(p) for p in ShardDir(Path(root)).shard_tars()]
+    storage.check_url(str(root), "prefix")
+    return [storage.join(root, name) for name in sorted(storage.list_names(root)) if fnmatch.fnmatchcase(name, SHARD_GLOB)]

@@ -17,6 +17,10 @@ The suite: every protocol × dataset whose release is present, one table (markdo
         [roots.modelnet_h5=/data/modelnet40_ply_hdf5_2048 ...] [--cluster slurm]   # slurm: one job array, a cell per element
     c2p-evaluate --suite configs/eval/suite.yaml --collect ...   # the table from finished cells
 
+``--depth-tower`` (``encoder.depth_tower``) may be an ``s3://bucket/key`` address in both forms:
+the launcher downloads it to the local cache (:mod:`c2p.storage.cache`) to check it, and each job
+or cell reads it from there (downloading again only when the object changed).
+
 Overrides are then keys of :class:`c2p.config.evalsuite.SuiteConfig`; the table goes to
 ``<run.dir>/<run.name>/eval/suite/``.
 Exit status: 0 done, 1 the evaluation failed, 2 bad arguments, config or inputs.
@@ -58,10 +62,13 @@ def suite_body(args: argparse.Namespace) -> int:
     from c2p.cli.base import UsageError
     from c2p.cluster import launch_array
     from c2p.eval.suite import CELL_TARGET, collect_suite, load_suite, run_suite
+    from c2p.preflight import check_encoder
 
     if args.root or args.corpus or args.config:
         raise UsageError("--suite: --root, --corpus and --config do not apply; set roots.<reader>=PATH overrides or the suite file")
     plan = load_suite(args.suite, downstream_overrides(args))
+    if not args.collect:  # as for one evaluation: the weights load and fit before a cell runs or a job is submitted
+        check_encoder(plan.suite.encoder)
     for s in plan.skipped:
         print(f"skipped {s['protocol']} x {s['dataset']} ({s['reader']}): {s['reason']}", flush=True)
     if not plan.cells and not args.collect:

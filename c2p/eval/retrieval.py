@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from c2p import schema
-from c2p.sharddir import SHARD_GLOB, ShardDir
+from c2p.sharddir import SHARD_GLOB, list_shard_tars
 
 
 @dataclass
@@ -43,16 +43,20 @@ def load_heldout(shard_dir: str | Path, points: int = 1024, seed: int = 0) -> He
     """Every sample of the ``shard-*.tar`` files in ``shard_dir``, in key order; ``points`` per
     object subsampled without replacement from ``seed`` (all of them when an object has fewer).
 
+    ``shard_dir``: a shard directory or an ``s3://bucket/prefix`` the render job wrote; the tars
+    of a bucket are streamed (the loader's reader), not downloaded first.
     Returns points [N,P,3] float32, rgb [N,V,H,W,3] uint8 and views [N,V,3] (elev°, azim°, dist).
-    Raises FileNotFoundError when ``shard_dir`` holds no shard, RuntimeError naming the shard
-    when one cannot be read whole (a retrieval score over part of the objects would mislead),
-    or naming the shard, sample and member when a member does not decode.
+    Raises FileNotFoundError when ``shard_dir`` holds no shard, ValueError for a malformed
+    address, RuntimeError naming the shard when one cannot be read whole (a retrieval score over
+    part of the objects would mislead), or naming the shard, sample and member when a member
+    does not decode.
     """
     from c2p.data.reader import CorruptSample, decode_member, read_shard
 
-    paths = ShardDir(shard_dir).shard_tars()
+    paths = list_shard_tars(shard_dir)
     if not paths:
-        raise FileNotFoundError(f"no {SHARD_GLOB} in {shard_dir}; expected the output of the render job (c2p-render)")
+        raise FileNotFoundError(f"no {SHARD_GLOB} in {shard_dir}; expected the output of the render job "
+                                "(c2p-render --out DIR or --out s3://bucket/prefix)")
     samples = []
     for path in paths:
         try:

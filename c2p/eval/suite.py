@@ -1,6 +1,7 @@
 """The evaluation suite: every protocol × dataset whose release is present, one table.
 
     plan = load_suite("configs/eval/suite.yaml", ["encoder.depth_tower=runs/b32/export/depth_tower.safetensors"])
+    # or encoder.depth_tower=s3://ckpt/b32/export/depth_tower.safetensors: each cell reads the cached download
     table = run_suite(plan)                  # in this process, cell after cell
     # or: launch_array(CELL_TARGET, [c.cfg for c in plan.cells], ...) then collect_suite(plan)
 
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from c2p import storage
 from c2p.config import ConfigError, load_config
 from c2p.config.downstream import (
     AdapterConfig,
@@ -95,6 +97,22 @@ def cell_config(suite: SuiteConfig, protocol: ProtocolConfig, d: ProtocolDataset
     return cfg
 
 
+def _check_tower(tower: str) -> None:
+    """``encoder.depth_tower`` is empty, an existing local file, or a well-formed ``s3://bucket/key``
+    (its shape only: no request is made here; the launcher's preflight and each cell fetch the
+    object through :mod:`c2p.storage.cache`). Raises :class:`ConfigError` naming the key."""
+    expected = "an existing local weights file or the s3://bucket/key of an exported depth tower"
+    if not tower:
+        return
+    if storage.is_remote(tower):
+        try:
+            storage.check_url(tower, "object")
+        except ValueError as e:
+            raise ConfigError("encoder.depth_tower", tower, f"{expected} ({e})") from e
+    elif not Path(tower).is_file():
+        raise ConfigError("encoder.depth_tower", tower, expected)
+
+
 def load_suite(path: str | Path | None, overrides: Sequence[str] = ()) -> SuitePlan:
     """Read and check the suite, its protocols and published numbers; plan the cells.
 
@@ -121,9 +139,9 @@ def load_suite(path: str | Path | None, overrides: Sequence[str] = ()) -> SuiteP
         published = load_config(PublishedNumbers, file)
     if suite.fewshot.shots and suite.fewshot.paths in ("both", "depth") and not suite.encoder.depth_tower:
         raise ConfigError("fewshot.paths", suite.fewshot.paths, "clip, or an encoder.depth_tower for the depth path of the K-shot rows")
-    for key, value in (("encoder.depth_tower", suite.encoder.depth_tower), ("encoder.pretrained", suite.encoder.pretrained)):
-        if value and not Path(value).is_file():
-            raise ConfigError(key, value, "an existing local weights file")
+    _check_tower(suite.encoder.depth_tower)
+    if suite.encoder.pretrained and not Path(suite.encoder.pretrained).is_file():
+        raise ConfigError("encoder.pretrained", suite.encoder.pretrained, "an existing local weights file")
     out = suite_dir(suite)
     cells, skipped = [], []
     for proto in protocols:

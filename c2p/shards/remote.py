@@ -12,15 +12,14 @@ object appears only when complete and in an order a later run can trust:
 - the driver uploads the uid lists and ``plan.json`` before any task runs, and ``errors.jsonl``,
   ``warnings.jsonl`` and finally ``index.json`` after the last one.
 
-The stage lives under ``$C2P_STAGE_DIR`` (default ``~/.cache/c2p/stage``), one folder per
-address; a worker on another node stages its shard under the same path on its own disk.
+The stage is :func:`c2p.storage.stage.stage_dir` of the address (``$C2P_STAGE_DIR``, default
+``~/.cache/c2p/stage``, one folder per address); a worker on another node stages its shard under
+the same path on its own disk.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import shutil
 from pathlib import Path
 
@@ -29,16 +28,9 @@ from c2p.sharddir import (
     CONFIG_NAME, ERRORS_NAME, GENERATIONS_DIR, INDEX_NAME, PARTS_DIR, PLAN_NAME, SHARD_GLOB, WARNINGS_NAME, ShardDir,
 )
 from c2p.shards.record import PlanMismatch
+from c2p.storage.stage import STAGE_ENV, stage_dir  # noqa: F401  (the job asks this module for its stage)
 
 log = logging.getLogger(__name__)
-
-STAGE_ENV = "C2P_STAGE_DIR"
-
-
-def stage_dir(url: str) -> Path:
-    """The local stage of output ``url`` (the same path on every node)."""
-    base = Path(os.environ.get(STAGE_ENV) or Path.home() / ".cache" / "c2p" / "stage").expanduser()
-    return base / hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
 def pull_records(url: str, stage: Path, overwrite: bool) -> set[str]:

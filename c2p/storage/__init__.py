@@ -17,13 +17,14 @@ the loader's counters.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from pathlib import Path
 from typing import BinaryIO
 
 from c2p.storage.s3 import SCHEME, S3Path, S3ReadStream, StorageError, client, describe, is_missing
 
-__all__ = ["SCHEME", "S3Path", "StorageError", "is_remote", "join", "open_binary", "read_bytes", "list_names", "list_tree", "head", "exists",
+__all__ = ["SCHEME", "S3Path", "StorageError", "is_remote", "check_url", "join", "open_binary", "read_bytes", "list_names", "list_tree", "head", "exists",
            "put_file", "put_bytes", "get_file", "delete", "take_retries"]
 
 _retries = 0
@@ -48,6 +49,33 @@ def take_retries() -> int:
 def is_remote(path: str | os.PathLike) -> bool:
     """True for an ``s3://`` address."""
     return str(path).startswith(SCHEME)
+
+
+# Characters of bucket names, beginning and ending with a letter or digit. Lenient on case and '_'
+# (legacy buckets and some S3-compatible stores allow them); the store decides the rest.
+_BUCKET = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
+
+
+def check_url(url: str, expect: str = "prefix") -> S3Path:
+    """``url`` parsed, or ValueError saying how it is malformed and what was expected. No request
+    is made: this is the shape check config validation may run offline.
+
+    ``expect``: ``"prefix"`` (``s3://bucket`` or ``s3://bucket/prefix``, a trailing '/' allowed) or
+    ``"object"`` (``s3://bucket/key``, a key that does not end with '/'). Refused: another scheme,
+    a bucket name with other characters, an empty path segment (``s3://bucket//key``).
+    """
+    want = "s3://bucket/key (one object)" if expect == "object" else "s3://bucket or s3://bucket/prefix"
+    if not is_remote(url):
+        raise ValueError(f"{url!r} is not an s3:// address; expected {want}")
+    bucket, _, key = url[len(SCHEME):].partition("/")
+    if not _BUCKET.fullmatch(bucket):
+        raise ValueError(f"{url!r}: {bucket!r} is not a bucket name (letters, digits, '.', '-', '_'); expected {want}")
+    if expect == "object" and (not key or key.endswith("/")):
+        raise ValueError(f"{url!r} is a prefix, not an object; expected {want}")
+    body = key.rstrip("/") if expect == "prefix" else key
+    if body.startswith("/") or "//" in body:
+        raise ValueError(f"{url!r}: the key {key!r} has an empty path segment ('//'); expected {want}")
+    return S3Path(bucket, key)
 
 
 def join(base: str | os.PathLike, name: str) -> str:

@@ -1,6 +1,6 @@
 """Errors that name their input: a malformed index.json, a shard member with garbage bytes (pairs
-export, the held-out loader), a render task's root cause under Ray's wrapper, and the render
-command's overrides on both sides of its flags."""
+export, the held-out loader), a render task's root cause under Ray's wrapper, the render
+command's overrides on both sides of its flags, and a malformed s3:// address."""
 
 from __future__ import annotations
 
@@ -94,3 +94,21 @@ def test_sample_meta_garbage_is_not_a_unicode_error_without_a_name(shards):
     sample = list(read_shard(shards / "shard-000000.tar"))[1]
     with pytest.raises(CorruptSample, match="member 'meta.json'"):
         decode_member(sample, "meta.json", SampleMeta.from_json)
+
+
+@pytest.mark.parametrize("url, expect, why", [
+    ("s3://", "prefix", r"'' is not a bucket name"),
+    ("s3://my bucket/x", "prefix", r"'my bucket' is not a bucket name"),
+    ("s3://data//syn", "prefix", r"the key '/syn' has an empty path segment"),
+    ("s3://data/syn/", "object", r"is a prefix, not an object; expected s3://bucket/key \(one object\)"),
+    ("/data/syn", "prefix", r"is not an s3:// address; expected s3://bucket or s3://bucket/prefix"),
+])
+def test_a_malformed_s3_address_is_refused_by_its_shape_alone(url, expect, why):
+    from c2p import storage
+
+    with pytest.raises(ValueError, match=why) as e:
+        storage.check_url(url, expect)
+    assert repr(url) in str(e.value)
+    assert storage.check_url("s3://data/syn/", "prefix") == storage.S3Path("data", "syn/")
+    assert storage.check_url("s3://data", "prefix") == storage.S3Path("data", "")
+    assert storage.check_url("s3://Legacy_Bucket/run/depth_tower.safetensors", "object").key == "run/depth_tower.safetensors"

@@ -5,6 +5,7 @@ The suite end to end on the synthetic world: tests/integration/test_evalsuite.py
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,23 @@ def test_suite_plan_skips_absent_releases_and_refuses_bad_files(tmp_path):
         load_suite(SUITE, [f"protocols=[{bad}]"])
     with pytest.raises(ConfigError, match=r"'fewshot.paths'.*encoder.depth_tower"):
         load_suite(SUITE, ["fewshot.shots=[1]"])
+
+
+def test_suite_takes_an_s3_depth_tower_without_asking_the_server_and_refuses_a_malformed_one(tmp_path, monkeypatch):
+    # No server runs here: an address that is well formed is planned as is (the launcher and the cells fetch it).
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    (tmp_path / "h5").mkdir()
+    common = [f"roots.modelnet_h5={tmp_path / 'h5'}", f"run.dir={tmp_path}"]
+    url = "s3://ckpt/b32/export/depth_tower.safetensors"
+    plan = load_suite(SUITE, [*common, f"encoder.depth_tower={url}"])
+    assert [c.cfg.encoder.depth_tower for c in plan.cells] == [url]
+    for bad, why in (("s3://ckpt/b32/export/", "is a prefix, not an object"), ("s3:///depth.safetensors", "is not a bucket name"),
+                     ("s3://ckpt//depth.safetensors", "empty path segment")):
+        with pytest.raises(ConfigError, match=rf"'encoder.depth_tower'.*got '{re.escape(bad)}'; expected an existing local weights "
+                                              rf"file or the s3://bucket/key of an exported depth tower \(.*{why}"):
+            load_suite(SUITE, [*common, f"encoder.depth_tower={bad}"])
+    with pytest.raises(ConfigError, match=r"'encoder.depth_tower'.*expected an existing local weights file or the s3://"):
+        load_suite(SUITE, [*common, f"encoder.depth_tower={tmp_path / 'missing.safetensors'}"])
 
 
 def _cell(protocol: str, dataset: str, top1: float, out: Path, rows=None) -> dict:
