@@ -23,8 +23,9 @@ from __future__ import annotations
 import logging
 import os
 from copy import deepcopy
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -151,6 +152,24 @@ def load_weights(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, s
     module.load_state_dict(state_dict, strict=True)
 
 
+class _OnlyErrors(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
+@contextmanager
+def _quiet_open_clip() -> Iterator[None]:
+    """Mute open_clip's warnings while it builds a model: it logs through the root logger, so only
+    records made on the root logger are filtered. Not ``logging.disable``: that is process-wide,
+    and another thread's records (a checkpoint upload's "uploaded ..." line) were lost with it."""
+    root, only_errors = logging.getLogger(), _OnlyErrors()
+    root.addFilter(only_errors)
+    try:
+        yield
+    finally:
+        root.removeFilter(only_errors)
+
+
 def create_clip(name: str, pretrained: str = "", device: str | torch.device = "cpu") -> nn.Module:
     """An open_clip ``CLIP`` of architecture ``name`` in eval mode, fp32, on ``device``.
 
@@ -166,12 +185,8 @@ def create_clip(name: str, pretrained: str = "", device: str | torch.device = "c
     state_dict = read_state_dict(pretrained, model_name=name) if pretrained else None
     # load_weights=False + pretrained=None: open_clip itself never looks for weights. Its
     # "No pretrained weights loaded" warning is muted: here that is the intended path.
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
+    with _quiet_open_clip():
         model = open_clip.create_model(name, pretrained=None, load_weights=False, pretrained_text=False, device="cpu")
-    finally:
-        logging.disable(previous)
     if state_dict is not None:
         load_weights(model, state_dict, source=str(pretrained), model_name=name)
     return model.to(device).eval()
@@ -185,13 +200,8 @@ def meta_clip(name: str) -> nn.Module:
 
     register_tiny_configs()
     _check_name(name)
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)  # "No pretrained weights loaded": intended, as in create_clip
-    try:
-        with torch.device("meta"):
-            return open_clip.create_model(name, pretrained=None, load_weights=False, pretrained_text=False, device="meta")
-    finally:
-        logging.disable(previous)
+    with _quiet_open_clip(), torch.device("meta"):  # "No pretrained weights loaded": intended, as in create_clip
+        return open_clip.create_model(name, pretrained=None, load_weights=False, pretrained_text=False, device="meta")
 
 
 def load_visual(name: str, path: str, device: str | torch.device = "cpu") -> nn.Module:

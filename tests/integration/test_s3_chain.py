@@ -24,8 +24,7 @@ def _train(shards: str, run_dir, remote: str, steps: int) -> list[str]:
 
 
 def _rank0_log(run) -> str:
-    """Rank 0's log file. Not its stderr: the upload thread logs while the export's progress bar
-    writes to the same stderr, and concurrent writes to one text stream may lose a line."""
+    """Rank 0's log file (the run's own record; its stderr also carries DeepSpeed's and tqdm's output)."""
     return (run / "logs" / "train_rank0.log").read_text()
 
 

@@ -180,3 +180,49 @@ def test_retrieval_top1():
     keys = torch.eye(4)
     assert retrieval_top1(keys * 3, keys).item() == 1.0
     assert retrieval_top1(keys[[1, 0, 2, 3]], keys).item() == 0.5
+
+
+def test_building_a_model_mutes_open_clip_only_not_other_threads_logs():
+    """open_clip's "No pretrained weights loaded" is muted while a model is built; a line another
+    thread logs meanwhile (a checkpoint upload's) is kept: no process-wide logging.disable."""
+    import logging
+    import threading
+
+    from c2p.models.clip import create_clip, meta_clip
+
+    class Keep(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.numbers: list[int] = []
+
+        def emit(self, record):
+            self.numbers.append(record.args[0])
+
+    other, kept, stop = logging.getLogger("c2p.test.other_thread"), Keep(), threading.Event()
+    other.addHandler(kept)
+    other.setLevel(logging.INFO)
+    other.propagate = False
+
+    def log_numbers():
+        i = 0
+        while not stop.is_set():
+            other.info("line %d", i)
+            i += 1
+
+    root_records = []
+    spy = logging.Handler()
+    spy.emit = root_records.append
+    logging.getLogger().addHandler(spy)
+    thread = threading.Thread(target=log_numbers)
+    thread.start()
+    try:
+        for _ in range(3):
+            meta_clip("c2p-tiny")
+            create_clip("c2p-tiny")
+    finally:
+        stop.set()
+        thread.join()
+        logging.getLogger().removeHandler(spy)
+        other.removeHandler(kept)
+    assert kept.numbers == list(range(len(kept.numbers))) and len(kept.numbers) > 0
+    assert not [r for r in root_records if "No pretrained weights" in r.getMessage()]
