@@ -122,18 +122,9 @@ def render_job(cfg: RenderJobConfig, address: str | None = None) -> dict[str, An
     remove_staging(out)
 
     index = finalize_output(out, plan, parts)
+    previews = _previews(cfg, out, index, fresh=bool(results), remote=remote)
     if remote:
-        remote_io.push_index(out, remote)
-    previews = []
-    if remote and cfg.job.previews:
-        log.info("previews are not made for an s3:// output (its tars are not on this disk)")
-    elif cfg.job.previews and (results or not shard_dir.previews.exists()) and index.num_samples:
-        from c2p.shards.preview import write_previews
-
-        try:
-            previews = [str(p) for p in write_previews(out, index, cfg.job.previews)]
-        except Exception as e:  # previews are for people; never fail a finished render over them
-            log.warning("previews not written: %s: %s", type(e).__name__, e)
+        remote_io.push_index(out, remote)  # last: a reader that finds index.json finds everything it lists
     errors, warnings = collect_records(plan, parts)
     timings = {k: round(sum(r.timings.get(k, 0.0) for r in results.values()), 3) for k in STAGES + ("total",)}
     rendered_objects = sum(len(s.refs) for s in plan.shards if s.index in results)
@@ -164,6 +155,22 @@ def render_job(cfg: RenderJobConfig, address: str | None = None) -> dict[str, An
         "previews": previews,
         "out": remote or str(out),
     }
+
+
+def _previews(cfg: RenderJobConfig, out: Path, index, *, fresh: bool, remote: str | None) -> list[str]:
+    """Contact sheets of the first samples, read back from the tars (from the bucket for an
+    ``s3://`` output, and uploaded there); their paths or addresses. Made again when this run
+    rendered shards or there are none yet; previews are for people, so they never fail a render."""
+    if not (cfg.job.previews and index.num_samples and (fresh or not ShardDir(out).previews.exists())):
+        return []
+    from c2p.shards.preview import write_previews
+
+    try:
+        paths = write_previews(out, index, cfg.job.previews, source=remote)
+        return remote_io.push_previews(paths, remote) if remote else [str(p) for p in paths]
+    except Exception as e:
+        log.warning("previews not written: %s: %s", type(e).__name__, e)
+        return []
 
 
 def _reason_key(error: dict[str, Any]) -> str:

@@ -30,16 +30,19 @@ def _points_depth(points_npy: bytes, views: list[list[float]], size: int) -> np.
     return render_depth(pts, v[:, 0], v[:, 1], v[:, 2], image_size=size).numpy()[0]
 
 
-def write_previews(out: str | Path, index: ShardIndex, count: int, per_sheet: int = 8) -> list[Path]:
+def write_previews(out: str | Path, index: ShardIndex, count: int, per_sheet: int = 8, *,
+                   source: str | None = None) -> list[Path]:
     """Contact sheets ``previews/preview-XXX.png`` of the first ``count`` samples of ``out``.
 
-    Returns the sheet paths. Depth (uint16 mm in the shard) goes back to a float z-buffer
-    with background -1, as ``render_depth`` returns it.
+    ``source``: where the tars are when not in ``out`` (the ``s3://`` prefix a render uploaded
+    them to; ``out`` is then its local stage). Returns the sheet paths. Depth (uint16 mm in the
+    shard) goes back to a float z-buffer with background -1, as ``render_depth`` returns it.
     """
+    from c2p import storage
     from c2p.render import write_contact_sheet
 
-    # a few samples from each shard (shards follow uid order, so the first shard alone is often one class)
-    shards = index.shard_paths(out)
+    # a few samples from each shard: with few shards read, a preview still shows several classes
+    shards = [storage.join(source, name) for name in sorted(index.shards)] if source else index.shard_paths(out)
     per_shard = -(-count // max(1, len(shards)))
     samples: list[dict[str, bytes]] = []
     for shard in shards:

@@ -9,8 +9,9 @@ object appears only when complete and in an order a later run can trust:
   shards whose tar and ``parts/`` record are both in the bucket;
 - each shard task uploads its own tar (one PUT or a multipart upload completed last), then its
   ``parts/`` record, from the worker that rendered it: the driver never relays shard bytes;
-- the driver uploads the uid lists and ``plan.json`` before any task runs, and ``errors.jsonl``,
-  ``warnings.jsonl`` and finally ``index.json`` after the last one.
+- the driver uploads the uid lists and ``plan.json`` before any task runs, and the contact sheets
+  (``previews/``, read back from the bucket's tars), ``errors.jsonl``, ``warnings.jsonl`` and
+  finally ``index.json`` after the last one.
 
 The stage is :func:`c2p.storage.stage.stage_dir` of the address (``$C2P_STAGE_DIR``, default
 ``~/.cache/c2p/stage``, one folder per address); a worker on another node stages its shard under
@@ -25,7 +26,8 @@ from pathlib import Path
 
 from c2p import storage
 from c2p.sharddir import (
-    CONFIG_NAME, ERRORS_NAME, GENERATIONS_DIR, INDEX_NAME, PARTS_DIR, PLAN_NAME, SHARD_GLOB, WARNINGS_NAME, ShardDir,
+    CONFIG_NAME, ERRORS_NAME, GENERATIONS_DIR, INDEX_NAME, PARTS_DIR, PLAN_NAME, PREVIEWS_DIR, SHARD_GLOB, WARNINGS_NAME,
+    ShardDir,
 )
 from c2p.shards.record import PlanMismatch
 from c2p.storage.stage import STAGE_ENV, stage_dir  # noqa: F401  (the job asks this module for its stage)
@@ -61,7 +63,7 @@ def delete_job_objects(url: str, tree: dict[str, int] | None = None) -> None:
     """Delete what a render job writes under ``url`` (``job.overwrite``); other objects stay."""
     tree = storage.list_tree(url) if tree is None else tree
     mine = [k for k in tree if k in (PLAN_NAME, INDEX_NAME, ERRORS_NAME, WARNINGS_NAME, CONFIG_NAME)
-            or Path(k).match(SHARD_GLOB) or k.startswith((PARTS_DIR + "/", GENERATIONS_DIR + "/", "previews/"))]
+            or Path(k).match(SHARD_GLOB) or k.startswith((PARTS_DIR + "/", GENERATIONS_DIR + "/", PREVIEWS_DIR + "/"))]
     # index.json first: a reader never sees an index listing tars that are already gone.
     mine.sort(key=lambda k: k != INDEX_NAME)
     log.warning("job.overwrite=true: deleting the previous render in %s (%d objects)", url, len(mine))
@@ -84,6 +86,16 @@ def push_shard(stage: Path, url: str, name: str) -> None:
     storage.put_file(d.shard(name), storage.join(url, name))
     storage.put_file(d.part(name), storage.join(url, f"{PARTS_DIR}/{d.part(name).name}"))
     d.shard(name).unlink()
+
+
+def push_previews(paths: list[Path], url: str) -> list[str]:
+    """Upload the contact sheets under ``previews/`` (one PUT each: an object is whole or absent),
+    before ``index.json``; returns their addresses."""
+    out = []
+    for path in paths:
+        out.append(storage.join(url, f"{PREVIEWS_DIR}/{path.name}"))
+        storage.put_file(path, out[-1])
+    return out
 
 
 def push_index(stage: Path, url: str) -> None:

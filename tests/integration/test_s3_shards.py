@@ -137,8 +137,8 @@ def test_reads_resume_after_the_server_stops_answering(s3_server, remote, monkey
 
 def test_render_job_writes_to_a_bucket_byte_identical_and_resumes(s3_server, tmp_path, monkeypatch):
     """``--out s3://...``: every object the job writes is the local render's, byte for byte; the
-    tars come from the workers; a re-run after losing a shard renders only that shard; the
-    loader reads the result."""
+    tars come from the workers; the contact sheets are read back from the bucket and uploaded
+    beside them; a re-run after losing a shard renders only that shard; the loader reads the result."""
     import hashlib
 
     import ray
@@ -151,7 +151,7 @@ def test_render_job_writes_to_a_bucket_byte_identical_and_resumes(s3_server, tmp
     monkeypatch.setenv("C2P_STAGE_DIR", str(tmp_path / "stage"))
     root = write_synthetic(tmp_path / "corpus", layout="shapenet", per_class=2, seed=0, classes=["box", "chair", "mug"])
     small = [f"corpus.root={root}", "corpus.name=synthetic", "views.set=6", "views.image_size=24", "job.points=128",
-             "job.previews=0", "job.progress=false", "job.shard_size=2"]
+             "job.previews=4", "job.progress=false", "job.shard_size=2"]
     url = s3_server.bucket("c2p-render") + "/syn"
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     try:
@@ -166,9 +166,10 @@ def test_render_job_writes_to_a_bucket_byte_identical_and_resumes(s3_server, tmp
         def local_sha(key: str) -> str:
             return hashlib.sha256((tmp_path / "local" / key).read_bytes()).hexdigest()
 
-        for key in names + ["index.json", "errors.jsonl"]:
+        for key in names + ["index.json", "errors.jsonl", "previews/preview-000.png"]:
             assert remote_sha(key) == local_sha(key), key
         assert first["samples"] == local["samples"] == 6 and first["out"] == url
+        assert first["previews"] == [f"{url}/previews/preview-000.png"]
         assert not list((tmp_path / "stage").rglob("shard-*.tar"))  # uploaded by the workers, not kept
 
         c.delete_object(Bucket="c2p-render", Key="syn/" + names[1])  # a lost shard: its record stays, its tar is gone
