@@ -43,13 +43,13 @@ def test_render_survives_a_killed_server_and_a_rerun_completes_byte_identical(s3
     the bucket is whole, and a re-run completes the render byte-identical to a local one."""
     from c2p.corpora.synthetic import write_synthetic
 
-    root = write_synthetic(tmp_path / "corpus", layout="shapenet", per_class=6, seed=0, classes=["box", "chair", "mug", "cone"])
+    root = write_synthetic(tmp_path / "corpus", layout="shapenet", per_class=3, seed=0, classes=["box", "chair", "mug", "cone"])
     env = dict(os.environ, PYTHONPATH=str(REPO), C2P_STAGE_DIR=str(tmp_path / "stage"), OMP_NUM_THREADS="1")
     local = _render(root, str(tmp_path / "local"), env)
     assert local.wait(timeout=300) == 0, local.stdout.read()[-3000:]
     want = {p.name: p.read_bytes() for p in (tmp_path / "local").iterdir() if p.is_file()}
     tars = sorted(k for k in want if k.endswith(".tar"))
-    assert len(tars) == 24
+    assert len(tars) == 12
 
     url = s3_server.bucket("c2p-faults") + "/syn"
     job = _render(root, url, env)
