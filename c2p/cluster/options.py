@@ -87,8 +87,8 @@ class ClusterOptions:
     cluster: str = "local"
     nodes: int = 1
     min_nodes: int | None = None
-    """elastic jobs (``--nodes MIN-MAX``): SLURM starts the job, and restarts it after a lost
-    node, on as few as ``min_nodes`` nodes when no more are free; ``nodes`` is the most"""
+    """elastic jobs (``--nodes MIN-MAX``): submitted for ``nodes``; requeued after a lost node,
+    the job goes on with the nodes left, down to ``min_nodes`` (:mod:`c2p.cluster.elastic`)"""
     tasks_per_node: int = 1
     gpus_per_node: int = 0
     cpus_per_task: int | None = None
@@ -194,8 +194,9 @@ def add_cluster_args(parser: argparse.ArgumentParser, *, job_name: str = "c2p") 
     """The resource flags every launcher shares (``--cluster``, ``--nodes``, ... ``--dry-run``)."""
     g = parser.add_argument_group("cluster (SLURM through submitit, or local processes)")
     g.add_argument("--cluster", choices=["slurm", "local"], default=default_cluster(), help="default: slurm where sbatch and a slurm.conf exist, else local (now: %(default)s)")
-    g.add_argument("--nodes", default="1", help="nodes (SLURM): N, or MIN-MAX for a job that starts, and restarts after a "
-                   "lost node, on the nodes it can get (pre-training resumes at the smaller world size)")
+    g.add_argument("--nodes", default="1", help="nodes (SLURM): N, or MIN-MAX: asks for MAX; requeued after a lost node, "
+                   "the job goes on with the nodes left, down to MIN, while the launcher waits for it (--wait); "
+                   "pre-training resumes at the smaller world size")
     g.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node; one process per GPU")
     g.add_argument("--tasks-per-node", type=int, default=None, help="processes (ranks) per node (default: GPUs per node, or 1)")
     g.add_argument("--cpus-per-task", type=int, default=None, help="CPU cores per rank (data loader workers + 1)")

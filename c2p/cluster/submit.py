@@ -338,7 +338,11 @@ def launch(
     if job is None:
         return None
     print(describe_job(job, opts, run_dir), file=out, flush=True)
-    if wait_for_result if wait_for_result is not None else opts.cluster == "local":
+    waiting = wait_for_result if wait_for_result is not None else opts.cluster == "local"
+    if opts.min_nodes is not None and not waiting:
+        print(f"  note    : --nodes {opts.nodes_text} shrinks a job requeued after a lost node only while a launcher waits "
+              "for it (--wait); otherwise it waits for its nodes", file=out, flush=True)
+    if waiting:
         # an elastic job (--nodes MIN-MAX) may end with fewer ranks than it asked for: rank 0's result is the job's
         elastic = opts if opts.min_nodes is not None else None
         return collect([job], first_rank_only=elastic is not None, elastic=elastic)[0]
