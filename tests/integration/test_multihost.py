@@ -8,6 +8,8 @@ addresses slurm.conf gives (NodeAddr).
   committed at world size 2, the run finishes;
 - host 2 dies mid pre-training (``--nodes 1-2``): SLURM ends and requeues the job, which resumes on
   host 1 alone at world size 1 from the last committed checkpoint and trains on to the target step;
+- host 2 dies while a fine-tuning job array runs an element there: SLURM requeues that element,
+  which runs again on host 1; every element's results are collected;
 - launch/render.py --cluster slurm --nodes 2: Ray head on host 1, worker on host 2, shard tasks
   rendered on both;
 - host 2 dies mid-render (every process in its namespace SIGKILLed, its link down): the job
@@ -144,6 +146,47 @@ def test_pretraining_resumes_on_the_host_left_when_host_2_dies(multihost_env, ti
     assert len(after) == 3 and len(before) == 3, records
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     assert abs(mean(after) - mean(before)) < abs(mean(after) - mean(first)), (first, before, after)
+
+
+def test_finetune_array_element_on_the_lost_host_runs_again_on_the_other(multihost_env, tmp_path):
+    """K=1 x seeds {0, 1} as one array, an element per host (2 CPUs each: a whole host); host 2 dies
+    while its element runs: SLURM requeues that element (``--requeue``) and it runs on host 1."""
+    from safetensors.torch import save_file
+
+    from c2p.corpora.synthetic import SYNTHETIC_CLASSES, write_synthetic
+    from c2p.models.clip import create_clip
+
+    tower = tmp_path / "depth_tower.safetensors"  # CLIP's image tower: what a depth tower starts from
+    save_file({k: v.contiguous() for k, v in create_clip("c2p-tiny").visual.state_dict().items()}, str(tower))
+    root = write_synthetic(tmp_path / "corpus", layout="shapenet", per_class=2, seed=0, test_per_class=1,
+                           classes=SYNTHETIC_CLASSES[:4])
+    deadline = time.monotonic() + 60
+    while any(node_state(multihost_env, h) != "idle" for h in HOSTS):
+        assert time.monotonic() < deadline, [node_state(multihost_env, h) for h in HOSTS]
+        time.sleep(0.5)
+    proc = subprocess.Popen(
+        [sys.executable, "launch/finetune.py", "--cluster", "slurm", "--task", "fewshot", "--shots", "1", "--seed", "0", "1",
+         "--time", "10", "--cpus-per-task", "2", "--config", str(REPO / "configs" / "downstream" / "fewshot_tiny.yaml"),
+         "--root", str(root), "--depth-tower", str(tower), f"run.dir={tmp_path / 'runs'}", "finetune.epochs=2",
+         "data.points=256"],
+        cwd=REPO, env=multihost_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sweep = tmp_path / "runs" / "fewshot-tiny" / "eval" / "fewshot"
+
+    def starts() -> dict[str, list[str]]:
+        """Array element -> the hosts it started on, from submitit's log (appended to across requeues)."""
+        return {log.parent.name: re.findall(r"Starting with JobEnvironment\(job_id=\S+, hostname=([\w-]+)", log.read_text())
+                for log in sweep.glob("logs/*/*_0_log.out")}
+
+    deadline = time.monotonic() + 120
+    while ["c2p-h2"] not in starts().values():  # an element started on host 2: the host dies under it
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    killed = cluster_sh("kill-host", "c2p-h2")
+    assert killed.returncode == 0, killed.stderr
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    assert [p.parent.name for p in sorted(sweep.glob("k1/seed*/results.json"))] == ["seed0", "seed1"]
+    assert sorted(starts().values()) == [["c2p-h1"], ["c2p-h2", "c2p-h1"]], starts()  # requeued, then on host 1
 
 
 def render(env: dict, root: Path, out: Path, *, wait: bool = True) -> subprocess.Popen | subprocess.CompletedProcess:
