@@ -41,6 +41,7 @@ from c2p.config.core import config_diff
 from c2p.fileio import TMP_SUFFIX, atomic_write_bytes
 from c2p.train.ckptverify import (CHECKSUM, FileProblem, all_gather_objects, build_manifest, dist_place,
                                   gather_objects_to_rank0, hash_own_files, problems_text, verify_files, verify_marker)
+from c2p.train.placement import describe_resume
 
 log = logging.getLogger("c2p.train")
 
@@ -374,8 +375,8 @@ class CheckpointManager:
         rank_file = target.source.path / RANK_STATE.format(rank=self.rank)
         if target.source.world_size == self.world_size and rank_file.is_file():
             rank_state = json.loads(rank_file.read_text())
-        log.info("resumed from step %d (%s%s)", state["step"], target.source.path,
-                 ", universal format" if target.universal else "")
+        log.info("%s", describe_resume(dict(target.source.meta, step=state["step"]), self.world_size, self.hosts,
+                                       f"{target.source.path}{', universal format' if target.universal else ''}"))
         return state, rank_state
 
     # ------------------------------------------------------------------ saving

@@ -4,8 +4,9 @@ A job that lost a node is requeued by SLURM and, asked for with ``--nodes MIN-MA
 again on the nodes left: fewer ranks, a universal-format resume. Its log then says which host
 was lost, from which step it resumed and at which world size::
 
-    resumed from step 10 at world size 1 on c2p-h1 (SLURM job 7, restart 1); step_00000010 was
-    saved at world size 2 on c2p-h1, c2p-h2; no longer in the job: c2p-h2
+    resumed from step 10 (runs/x/checkpoints/step_00000010, universal format) at world size 1 on
+    c2p-h1 (SLURM job 7, restart 1); step_00000010 was saved at world size 2 on c2p-h1, c2p-h2;
+    no longer in the job: c2p-h2
 
 The hosts of every rank are recorded in each checkpoint's commit marker (``hosts``, rank order).
 """
@@ -32,19 +33,23 @@ def _restart() -> str:
 
 
 def _names(hosts: list[str]) -> str:
-    return ", ".join(dict.fromkeys(hosts)) or "?"
+    return ", ".join(dict.fromkeys(hosts))
 
 
-def describe_resume(meta: dict, world_size: int, hosts: list[str]) -> str:
-    """One line for the log of a resumed run: the step, this job's world size and hosts, and the
-    world size and hosts the checkpoint (its commit marker ``meta``) was saved at."""
-    line = f"resumed from step {meta.get('step', '?')} at world size {world_size} on {_names(hosts)}{_restart()}"
+def describe_resume(meta: dict, world_size: int, hosts: list[str], source: str = "") -> str:
+    """One line for the log of a resumed run: the step (and ``source``, where it was loaded
+    from), this job's world size and hosts, and the world size and hosts the checkpoint (its
+    commit marker ``meta``) was saved at."""
+    where = f" ({source})" if source else ""
+    on = f" on {_names(hosts)}" if hosts else ""
+    line = f"resumed from step {meta.get('step', '?')}{where} at world size {world_size}{on}{_restart()}"
     saved_world, saved_hosts = meta.get("world_size"), list(meta.get("hosts") or [])
     if saved_world == world_size and (not saved_hosts or set(saved_hosts) == set(hosts)):
         return line
     line += f"; {meta.get('tag', 'the checkpoint')} was saved at world size {saved_world}"
     if saved_hosts:
         line += f" on {_names(saved_hosts)}"
+    if saved_hosts and hosts:  # both known: the hosts lost and gained since the save
         lost = [h for h in dict.fromkeys(saved_hosts) if h not in hosts]
         new = [h for h in dict.fromkeys(hosts) if h not in saved_hosts]
         line += f"; no longer in the job: {', '.join(lost)}" if lost else ""

@@ -34,7 +34,7 @@ from c2p.train.checkpoint import CheckpointManager, ResumeTarget, tag_name
 from c2p.train.engine import set_lr
 from c2p.train.metrics import MetricsLogger
 from c2p.train.nonfinite import NonFiniteGuard
-from c2p.train.placement import describe_resume, job_hosts
+from c2p.train.placement import job_hosts
 from c2p.train.throughput import Throughput, build_throughput, format_summary, model_flops_per_sample
 from c2p.train.watchdog import Watchdog
 
@@ -318,8 +318,6 @@ def setup(cfg: PretrainConfig) -> Trainer:
                              every=cfg.checkpoint.every, keep=cfg.checkpoint.keep, signature=signature,
                              config=to_dict(cfg), config_hash=config_hash(cfg), mirror=mirror, hosts=hosts)
     target = ckpt.resolve(cfg.checkpoint.resume)
-    if target is not None and rank == 0:  # after a lost node: which host went, at which world size it goes on
-        log.info("%s", describe_resume(target.source.meta, world, hosts))
     if rank == 0:
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
     ckpt.prepare(target)

@@ -130,8 +130,8 @@ def test_pretraining_resumes_on_the_host_left_when_host_2_dies(multihost_env, ti
     assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
     assert json.loads(stdout.strip().splitlines()[-1])["step"] == steps
     log = (run / "logs" / "train_rank0.log").read_text()
-    m = re.search(r"resumed from step (\d+) at world size 1 on c2p-h1 \(SLURM job \d+, restart 1\); step_\d+ was saved at "
-                  r"world size 2 on c2p-h1, c2p-h2; no longer in the job: c2p-h2", log)
+    m = re.search(r"resumed from step (\d+) \(\S+, universal format\) at world size 1 on c2p-h1 \(SLURM job \d+, restart 1\); "
+                  r"step_\d+ was saved at world size 2 on c2p-h1, c2p-h2; no longer in the job: c2p-h2", log)
     assert m, log[-3000:]
     resumed = int(m.group(1))
     assert 2 * every <= resumed <= before_kill[-1]["step"] and resumed % every == 0

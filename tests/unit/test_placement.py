@@ -23,6 +23,8 @@ def test_the_same_placement_says_only_where(monkeypatch):
     old = {k: v for k, v in META.items() if k != "hosts"}
     assert describe_resume(old, 4, ["a", "a", "b", "b"]).endswith("on a, b; step_00000010 was saved at world size 2")
     assert describe_resume(META, 2, ["c2p-h1", "c2p-h3"]).endswith("no longer in the job: c2p-h2; new in the job: c2p-h3")
+    assert describe_resume(META, 2, [], "ckpt/step_00000010") == ("resumed from step 10 (ckpt/step_00000010) at world size 2; "
+                                                                  "step_00000010 was saved at world size 2 on c2p-h1, c2p-h2")
 
 
 def test_job_hosts_without_a_process_group_is_this_host():
