@@ -69,6 +69,31 @@ def running(pid: int) -> bool:
         return False
 
 
+def wait_while_running(proc: subprocess.Popen, ready, timeout_s: float) -> None:
+    """Until ``ready()`` holds; fails if the launcher ``proc`` ended first or ``timeout_s`` passed."""
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+
+
+def kill_host_2_and_finish(proc: subprocess.Popen, timeout_s: float) -> str:
+    """Host 2 dies (``.ci/cluster.sh kill-host``); the launcher ``proc`` must still end with 0. Its stdout."""
+    killed = cluster_sh("kill-host", "c2p-h2")
+    assert killed.returncode == 0, killed.stderr
+    stdout, stderr = proc.communicate(timeout=timeout_s)
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    return stdout
+
+
+def wait_both_idle(env: dict) -> None:
+    """Both hosts idle: a job submitted now gets both."""
+    deadline = time.monotonic() + 60
+    while any(node_state(env, h) != "idle" for h in HOSTS):
+        assert time.monotonic() < deadline, [node_state(env, h) for h in HOSTS]
+        time.sleep(0.5)
+
+
 def test_pretrain_ranks_on_two_hosts_rendezvous_and_finish(multihost_env, tiny_shards, tmp_path):
     steps = 20
     r = subprocess.run(
@@ -105,11 +130,7 @@ def test_pretraining_resumes_on_the_host_left_when_host_2_dies(multihost_env, ti
     requeues it; asked for with ``--nodes 1-2`` it starts again on host 1 alone, resumes from the last
     committed tag at world size 1 (the universal-checkpoint path) and trains on to the target step."""
     steps, every = 200, 10
-    # An elastic job starts on the nodes free at that moment: both hosts first, so it starts on two.
-    deadline = time.monotonic() + 60
-    while any(node_state(multihost_env, h) != "idle" for h in HOSTS):
-        assert time.monotonic() < deadline, [node_state(multihost_env, h) for h in HOSTS]
-        time.sleep(0.5)
+    wait_both_idle(multihost_env)  # the job asks for both hosts: it starts on two
     proc = subprocess.Popen(
         [sys.executable, "launch/pretrain.py", "--config", str(TINY), "--cluster", "slurm", "--nodes", "1-2",
          "--tasks-per-node", "1", "--time", "10", "--wait", f"data.shards=[{tiny_shards}]", "data.imgfeat_tag=tiny",
@@ -118,16 +139,11 @@ def test_pretraining_resumes_on_the_host_left_when_host_2_dies(multihost_env, ti
          "loss.global_negatives=true"],
         cwd=REPO, env=multihost_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run = tmp_path / "lost"
-    deadline = time.monotonic() + 300
     # Host 2 dies once two checkpoints are committed at world size 2 and training went on past them.
-    while not (run / "checkpoints" / "latest").is_file() or (metric_steps(run) or [{"step": 0}])[-1]["step"] < 2 * every + 3:
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.2)
+    wait_while_running(proc, lambda: (run / "checkpoints" / "latest").is_file()
+                       and (metric_steps(run) or [{"step": 0}])[-1]["step"] >= 2 * every + 3, 300)
     before_kill = metric_steps(run)
-    killed = cluster_sh("kill-host", "c2p-h2")
-    assert killed.returncode == 0, killed.stderr
-    stdout, stderr = proc.communicate(timeout=400)
-    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    stdout = kill_host_2_and_finish(proc, 400)
     assert json.loads(stdout.strip().splitlines()[-1])["step"] == steps
     log = (run / "logs" / "train_rank0.log").read_text()
     m = re.search(r"resumed from step (\d+) \(\S+, universal format\) at world size 1 on c2p-h1 \(SLURM job \d+, restart 1\); "
@@ -160,10 +176,7 @@ def test_finetune_array_element_on_the_lost_host_runs_again_on_the_other(multiho
     save_file({k: v.contiguous() for k, v in create_clip("c2p-tiny").visual.state_dict().items()}, str(tower))
     root = write_synthetic(tmp_path / "corpus", layout="shapenet", per_class=2, seed=0, test_per_class=1,
                            classes=SYNTHETIC_CLASSES[:4])
-    deadline = time.monotonic() + 60
-    while any(node_state(multihost_env, h) != "idle" for h in HOSTS):
-        assert time.monotonic() < deadline, [node_state(multihost_env, h) for h in HOSTS]
-        time.sleep(0.5)
+    wait_both_idle(multihost_env)
     proc = subprocess.Popen(
         [sys.executable, "launch/finetune.py", "--cluster", "slurm", "--task", "fewshot", "--shots", "1", "--seed", "0", "1",
          "--time", "10", "--cpus-per-task", "2", "--config", str(REPO / "configs" / "downstream" / "fewshot_tiny.yaml"),
@@ -177,14 +190,8 @@ def test_finetune_array_element_on_the_lost_host_runs_again_on_the_other(multiho
         return {log.parent.name: re.findall(r"Starting with JobEnvironment\(job_id=\S+, hostname=([\w-]+)", log.read_text())
                 for log in sweep.glob("logs/*/*_0_log.out")}
 
-    deadline = time.monotonic() + 120
-    while ["c2p-h2"] not in starts().values():  # an element started on host 2: the host dies under it
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.2)
-    killed = cluster_sh("kill-host", "c2p-h2")
-    assert killed.returncode == 0, killed.stderr
-    stdout, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    wait_while_running(proc, lambda: ["c2p-h2"] in starts().values(), 120)  # an element started on host 2: it dies under it
+    kill_host_2_and_finish(proc, 300)
     assert [p.parent.name for p in sorted(sweep.glob("k1/seed*/results.json"))] == ["seed0", "seed1"]
     assert sorted(starts().values()) == [["c2p-h1"], ["c2p-h2", "c2p-h1"]], starts()  # requeued, then on host 1
 
@@ -254,15 +261,9 @@ def test_render_finishes_on_the_host_left_when_host_2_dies(uninterrupted_render,
     env = dict(multihost_env, **RAY_FAST_FAILURE)
     out = tmp_path / "shards"
     proc = render(env, corpus, out, wait=False)
-    deadline = time.monotonic() + 300
     # Host 2 dies once the job is under way: shards done, and a shard task running on host 2.
-    while len(list(out.glob("parts/*.json"))) < 2 or "ray::shard_task" not in comms("c2p-h2"):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.2)
-    killed = cluster_sh("kill-host", "c2p-h2")
-    assert killed.returncode == 0, killed.stderr
-    stdout, stderr = proc.communicate(timeout=400)
-    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    wait_while_running(proc, lambda: len(list(out.glob("parts/*.json"))) >= 2 and "ray::shard_task" in comms("c2p-h2"), 300)
+    stdout = kill_host_2_and_finish(proc, 400)
     summary = summary_of(stdout)
     assert summary["samples"] == 12 and not summary["shards_failed"]
     reference = uninterrupted_render[1]
@@ -285,10 +286,7 @@ def test_down_leaves_nothing_behind(multihost_env, corpus, tmp_path):
     taken down: afterwards no namespace, link, daemon or Ray process of the cluster remains."""
     proc = render(multihost_env, corpus, tmp_path / "shards", wait=False)
     try:
-        deadline = time.monotonic() + 300
-        while not all("raylet" in comms(h) for h in HOSTS):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.5)
+        wait_while_running(proc, lambda: all("raylet" in comms(h) for h in HOSTS), 300)
         state = Path(multihost_env["SLURM_CONF"]).parent
         pids = [int((state / f).read_text()) for f in ["slurmctld.pid", *(f"slurmd-{h}.pid" for h in HOSTS)]]
         pids += [p for h in ["c2p-ctl", *HOSTS] for p in namespace_pids(h)]
