@@ -27,7 +27,9 @@ import re
 import subprocess
 from typing import Any
 
+from c2p.cluster.errors import LaunchError
 from c2p.cluster.options import ClusterOptions
+from c2p.cluster.slurm import run_command
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +60,10 @@ def count_usable(sinfo_text: str) -> int:
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess | None:
+    """:func:`c2p.cluster.slurm.run_command`, None where SLURM did not answer (asked again at the next poll)."""
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):  # asked again at the next poll
+        return run_command(cmd, timeout=30)
+    except LaunchError:
         return None
 
 

@@ -23,7 +23,7 @@ from c2p.cluster.errors import LaunchError
 from c2p.cluster.options import ClusterOptions, mem_mb
 
 __all__ = ["TERMINAL_STATES", "slurm_parameters", "make_executor", "sbatch_script", "parse_sinfo", "partitions",
-           "check_request", "parse_squeue_state", "slurm_state", "parse_node_addr", "node_address"]
+           "check_request", "run_command", "parse_squeue_state", "slurm_state", "parse_node_addr", "node_address"]
 
 # Job states after which a job never runs again (squeue's %T).
 TERMINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "BOOT_FAIL", "OUT_OF_MEMORY",
@@ -109,7 +109,8 @@ def sbatch_script(opts: ClusterOptions, folder: str | Path, *, array_size: int |
     return _submitit_sbatch_text(command, folder, params)
 
 
-def _run(cmd: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess:
+def run_command(cmd: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess:
+    """``cmd`` run to its end; :class:`LaunchError` when it is missing or does not answer within ``timeout``."""
     try:
         return subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout)
     except FileNotFoundError as e:
@@ -140,7 +141,7 @@ def parse_sinfo(text: str) -> dict[str, list[dict[str, Any]]]:
 
 def partitions() -> dict[str, list[dict[str, Any]]]:
     """The cluster's partitions and their nodes, as ``sinfo`` reports them (:func:`parse_sinfo`)."""
-    r = _run(["sinfo", "-h", "-N", "-o", SINFO_FORMAT])
+    r = run_command(["sinfo", "-h", "-N", "-o", SINFO_FORMAT])
     if r.returncode != 0:
         raise LaunchError(f"sinfo failed: {r.stderr.strip() or r.stdout.strip()} (is the SLURM controller reachable? "
                           f"SLURM_CONF={os.environ.get('SLURM_CONF', '')!r})")
@@ -188,7 +189,7 @@ def check_request(opts: ClusterOptions, *, array_size: int | None = None) -> Non
     with tempfile.TemporaryDirectory(prefix="c2p-sbatch-") as tmp:
         script = Path(tmp) / "job.sh"
         script.write_text(sbatch_script(opts, Path(tmp) / "%j", array_size=array_size))
-        r = _run(["sbatch", "--test-only", str(script)])
+        r = run_command(["sbatch", "--test-only", str(script)])
     if r.returncode != 0:
         raise LaunchError(f"SLURM refuses the request (sbatch --test-only): {(r.stderr or r.stdout).strip()}")
 
@@ -210,7 +211,7 @@ def parse_squeue_state(stdout: str, stderr: str, returncode: int) -> str:
 
 def slurm_state(job_id: str) -> str:
     """The job's state from ``squeue`` (works without an accounting database); see :func:`parse_squeue_state`."""
-    r = _run(["squeue", "-h", "-j", str(job_id), "-o", "%T", "--states=all"], timeout=30)
+    r = run_command(["squeue", "-h", "-j", str(job_id), "-o", "%T", "--states=all"], timeout=30)
     return parse_squeue_state(r.stdout, r.stderr, r.returncode)
 
 
