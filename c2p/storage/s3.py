@@ -77,8 +77,23 @@ def client():
             cfg = Config(retries={"max_attempts": 6, "mode": "standard"}, connect_timeout=10, read_timeout=READ_TIMEOUT_S,
                          tcp_keepalive=True)
             _clients.clear()
-            _clients[pid] = boto3.session.Session().client("s3", config=cfg)
+            s3 = boto3.session.Session().client("s3", config=cfg)
+            s3.meta.events.register("before-send.s3", _no_continue_for_an_empty_body)
+            _clients[pid] = s3
         return _clients[pid]
+
+
+def _no_continue_for_an_empty_body(request, **_) -> None:
+    """Send a PUT without a body (an empty ``errors.jsonl``) without ``Expect: 100-continue``.
+
+    botocore asks for a 100 before every PUT body, even an empty one. A server may answer an
+    empty one at once without the 100 (HTTP allows it: there is nothing to wait for), and
+    SeaweedFS does; botocore then misses the answer to the next PUT on that keep-alive connection
+    and waits out its read timeout (60 s) before it retries. Without the header, the empty PUT is
+    a plain request and the connection stays in step. ``expect`` is not a signed header.
+    """
+    if request.headers.get("Content-Length") in ("0", b"0") and "Expect" in request.headers:
+        del request.headers["Expect"]
 
 
 class StorageError(OSError):

@@ -106,6 +106,26 @@ def test_a_shard_cache_keeps_whole_tars_within_its_bound(s3_server, remote, tmp_
     assert list((tmp_path / "loader-cache").rglob("shard-*.tar"))
 
 
+def test_an_empty_object_leaves_the_connection_ready_for_the_next_put(s3_server, monkeypatch):
+    """An empty PUT (the ``errors.jsonl`` of a render without errors), then a PUT with a body on
+    the same keep-alive connection: the second is answered at its first attempt, not after its
+    read timeout and a retry."""
+    import c2p.storage.s3 as s3mod
+    from c2p import storage
+
+    monkeypatch.setattr(s3mod, "READ_TIMEOUT_S", 2.0)
+    s3mod._clients.clear()
+    url = s3_server.bucket("c2p-empty")
+    try:
+        for i in range(3):
+            storage.put_bytes(b"", f"{url}/empty-{i}")
+            reply = s3mod.client().put_object(Bucket="c2p-empty", Key=f"full-{i}", Body=b"x" * 1000)
+            assert reply["ResponseMetadata"]["RetryAttempts"] == 0, f"PUT {i} after an empty one was retried"
+    finally:
+        s3mod._clients.clear()
+    assert storage.read_bytes(f"{url}/empty-0") == b""
+
+
 def test_reads_resume_after_the_server_stops_answering(s3_server, remote, monkeypatch):
     """The server is frozen (SIGSTOP) for 4 s while a tar streams: the read times out, backs off,
     re-opens at the byte it reached and finishes with every sample, and the retries are counted."""
