@@ -12,12 +12,13 @@ rename, and deleting a copy another process still reads is harmless on POSIX.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from pathlib import Path
 
 from c2p.storage import head
-from c2p.storage.s3 import S3Path, S3ReadStream, StorageError
+from c2p.storage.s3 import S3Path, StorageError, open_stream
 
 __all__ = ["ShardCache"]
 
@@ -46,7 +47,7 @@ class ShardCache:
             self.hits += 1
             return open(local, "rb")
         self.misses += 1
-        return _Tee(S3ReadStream(S3Path.parse(url), on_retry=self.on_retry), local, self)
+        return _Tee(open_stream(S3Path.parse(url), on_retry=self.on_retry), local, self)
 
     def _current(self, url: str, etag: str) -> bool:
         """The cached copy still has the object's bytes (one HEAD). A store that does not answer
@@ -78,11 +79,11 @@ class ShardCache:
 
 
 class _Tee:
-    """An :class:`S3ReadStream` whose bytes are also written to the cache; :meth:`finish` (called
-    once the reader reached the tar's end) reads what is left and commits the copy; :meth:`close`
-    without it drops the partial copy."""
+    """An object's stream (:func:`~c2p.storage.s3.open_stream`) whose bytes are also written to the
+    cache; :meth:`finish` (called once the reader reached the tar's end) reads what is left and
+    commits the copy; :meth:`close` without it drops the partial copy."""
 
-    def __init__(self, src: S3ReadStream, local: Path, cache: ShardCache):
+    def __init__(self, src: io.BufferedReader, local: Path, cache: ShardCache):
         self.src, self.local, self.cache = src, local, cache
         local.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = local.with_name(f"{local.name}.{os.getpid()}.tmp")
@@ -107,8 +108,9 @@ class _Tee:
         while self.read(1 << 20):
             pass
         self.out.close()
-        if self.src.size is not None and self.tmp.stat().st_size == self.src.size:
-            self.cache._commit(self.tmp, self.local, self.src.etag)
+        size, etag = self.src.raw.size, self.src.raw.etag
+        if size is not None and self.tmp.stat().st_size == size:
+            self.cache._commit(self.tmp, self.local, etag)
             self.done = True
 
     def close(self) -> None:
