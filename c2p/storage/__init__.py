@@ -57,11 +57,13 @@ def join(base: str | os.PathLike, name: str) -> str:
     return str(Path(base) / name)
 
 
-def open_binary(path: str | os.PathLike) -> BinaryIO:
+def open_binary(path: str | os.PathLike, request_now: bool = False) -> BinaryIO:
     """A binary reader of ``path``: the file, or an object's buffered, resuming stream
-    (:func:`~c2p.storage.s3.open_stream`)."""
+    (:func:`~c2p.storage.s3.open_stream`). ``request_now``: send the object's GET at once, from a
+    background thread, so that opening the next object early overlaps its time to first byte
+    with other work (errors still surface at the first read)."""
     if is_remote(path):
-        return open_stream(S3Path.parse(str(path)), on_retry=count_retry)  # type: ignore[return-value]
+        return open_stream(S3Path.parse(str(path)), on_retry=count_retry, request_now=request_now)  # type: ignore[return-value]
     return open(path, "rb")
 
 

@@ -20,6 +20,7 @@ import os
 import random
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable
 
@@ -132,13 +133,37 @@ class S3ReadStream(io.RawIOBase):
         self.size: int | None = None
         self.etag = ""
         self._body = None
+        self._early: tuple[int, Future] | None = None  # (byte, response) of a GET sent by request_early()
+
+    def request_early(self) -> None:
+        """Send the GET now from a background thread, so that its time to first byte (6-15 ms from
+        SeaweedFS on loopback here, tens of ms from a remote store) passes while the caller still
+        works on something else; the server starts filling the socket's buffer meanwhile. The
+        first read takes the response. A request that failed there is simply made again by that
+        read, with the usual retries and errors."""
+        if self._body is None and self._early is None:
+            answer: Future = Future()
+            self._early = (self._raw_pos, answer)
+            threading.Thread(target=_answer, args=(answer, self._get), kwargs={"start": self._raw_pos}, daemon=True,
+                             name=f"c2p-get {self.path}").start()
 
     def _get(self, start: int) -> dict:
         kw = {"Range": f"bytes={start}-"} if start else {}
         return client().get_object(Bucket=self.path.bucket, Key=self.path.key, **kw)
 
     def _open(self) -> None:
-        resp = self._get(self._raw_pos)
+        resp = None
+        if self._early is not None:
+            (start, answer), self._early = self._early, None
+            try:
+                resp = answer.result()
+            except Exception as exn:  # made again below, where errors are told apart and retried
+                log.debug("%s: early GET failed (%s); sending it again", self.path, describe(exn))
+            if resp is not None and start != self._raw_pos:  # a seek since: that body starts elsewhere
+                _close_body(resp)
+                resp = None
+        if resp is None:
+            resp = self._get(self._raw_pos)
         # botocore's own retries of the request (throttling, 5xx, timeouts) count as retries too.
         for _ in range(int(resp.get("ResponseMetadata", {}).get("RetryAttempts", 0))):
             if self.on_retry:
@@ -235,14 +260,36 @@ class S3ReadStream(io.RawIOBase):
         return self._raw_pos
 
     def close(self) -> None:
+        if self._early is not None:  # a response nobody will read: closed when (or as soon as) it arrives
+            self._early[1].add_done_callback(lambda answer: answer.exception() is None and _close_body(answer.result()))
+            self._early = None
         self._drop()
         super().close()
 
 
-def open_stream(path: S3Path, on_retry: Callable[[], None] | None = None) -> io.BufferedReader:
+def _answer(answer: Future, call: Callable[..., dict], **kw) -> None:
+    """``call(**kw)``'s result or exception into ``answer`` (the body of an early GET's thread)."""
+    try:
+        answer.set_result(call(**kw))
+    except BaseException as exn:  # noqa: BLE001 -- handed to the reader
+        answer.set_exception(exn)
+
+
+def _close_body(resp: dict) -> None:
+    try:
+        resp["Body"].close()
+    except Exception:
+        pass
+
+
+def open_stream(path: S3Path, on_retry: Callable[[], None] | None = None, request_now: bool = False) -> io.BufferedReader:
     """The object ``path`` as a buffered binary stream: an :class:`S3ReadStream` (resuming,
     retrying) behind ``io.BufferedReader``, whose reads and seeks within its ``READ_CHUNK``
     buffer run in C: no Python frame per tar header or skipped member (that per-call cost was
-    half of what streaming a shard cost over reading it from disk). ``.raw.size`` and
+    half of what streaming a shard cost over reading it from disk). ``request_now``: the GET is
+    sent at once from a background thread (:meth:`S3ReadStream.request_early`). ``.raw.size`` and
     ``.raw.etag``: the object's, once a byte was read."""
-    return io.BufferedReader(S3ReadStream(path, on_retry=on_retry), buffer_size=READ_CHUNK)
+    raw = S3ReadStream(path, on_retry=on_retry)
+    if request_now:
+        raw.request_early()
+    return io.BufferedReader(raw, buffer_size=READ_CHUNK)
