@@ -285,9 +285,8 @@ def _close_body(resp: dict) -> None:
 def open_stream(path: S3Path, on_retry: Callable[[], None] | None = None, request_now: bool = False) -> io.BufferedReader:
     """The object ``path`` as a buffered binary stream: an :class:`S3ReadStream` (resuming,
     retrying) behind ``io.BufferedReader``, whose reads and seeks within its ``READ_CHUNK``
-    buffer run in C: no Python frame per tar header or skipped member (that per-call cost was
-    half of what streaming a shard cost over reading it from disk). ``request_now``: the GET is
-    sent at once from a background thread (:meth:`S3ReadStream.request_early`). ``.raw.size`` and
+    buffer run in C, as for a file from ``open()``. ``request_now``: the GET is sent at once
+    from a background thread (:meth:`S3ReadStream.request_early`). ``.raw.size`` and
     ``.raw.etag``: the object's, once a byte was read."""
     raw = S3ReadStream(path, on_retry=on_retry)
     if request_now:

@@ -11,9 +11,9 @@ sample on one core. Target: s3/local >= 0.8 (``target_ratio``, ``meets_target`` 
 The ratio reported per mode is the median over repeats of s3/local within a repeat (the two
 runs of a pair are seconds apart), which holds still on a shared machine whose speed drifts
 between repeats; the ratio of the medians is reported beside it. So is the server's CPU time
-per sample read: here the server shares the loader's machine (on a 2-vCPU VM, a busy sibling
-vCPU roughly halves the loader's speed), and serving a sample costs it ~0.1 ms, against
-~0.3 ms for the loader to parse it; a server on another host would not take that from the loader.
+per sample read: here the server shares the loader's two vCPUs. Serving a sample costs it
+~0.1 ms of CPU, against ~0.3 ms for the loader to parse it; keeping the server that busy for
+another client slowed the local stream by ~9% on this machine.
 
     python tests/benchmarks/bench_s3_loader.py [--samples 600 --passes 3 --repeats 5]
 """
