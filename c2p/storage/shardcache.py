@@ -1,23 +1,26 @@
 """A size-bounded local cache of shards read from object storage (``data.cache_dir``).
 
-The first epoch streams each tar from the bucket as usual and writes the bytes it reads to
-``<cache>/<bucket>/<key>.tmp`` on the way (no second download); when the tar has been read to
-its end, the copy is renamed into place beside ``<key>.etag``. A later read of the same address
-makes one HEAD: while the object's ETag still matches, the tar is read from local disk. A read
-that fails or stops early leaves no copy, so a damaged or partial tar is never served from the
-cache. After each new copy, the least recently read copies are deleted until the cache holds at
-most ``max_bytes``. Ranks and loader workers of a node can share one cache: copies appear by
-rename, and deleting a copy another process still reads is harmless on POSIX.
+The first epoch streams each tar from the bucket as usual and writes the bytes it reads to a
+``<cache>/<bucket>/<key>.<pid>.<unique>.tmp`` of its own on the way (no second download); when
+the tar has been read to its end, the copy is renamed into place beside ``<key>.etag``. A later
+read of the same address makes one HEAD: while the object's ETag still matches, the tar is read
+from local disk. A read that fails or stops early leaves no copy, so a damaged or partial tar is
+never served from the cache. After each new copy, the least recently read copies are deleted
+until the cache holds at most ``max_bytes``. Ranks and loader workers of a node can share one
+cache: copies appear by rename, and deleting a copy another process still reads is harmless on
+POSIX.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 from c2p.storage import head
-from c2p.storage.s3 import S3Path, S3ReadStream, StorageError
+from c2p.storage.s3 import S3Path, StorageError, open_stream
 
 __all__ = ["ShardCache"]
 
@@ -46,7 +49,7 @@ class ShardCache:
             self.hits += 1
             return open(local, "rb")
         self.misses += 1
-        return _Tee(S3ReadStream(S3Path.parse(url), on_retry=self.on_retry), local, self)
+        return _Tee(open_stream(S3Path.parse(url), on_retry=self.on_retry, request_now=True), local, self)
 
     def _current(self, url: str, etag: str) -> bool:
         """The cached copy still has the object's bytes (one HEAD). A store that does not answer
@@ -78,15 +81,17 @@ class ShardCache:
 
 
 class _Tee:
-    """An :class:`S3ReadStream` whose bytes are also written to the cache; :meth:`finish` (called
-    once the reader reached the tar's end) reads what is left and commits the copy; :meth:`close`
-    without it drops the partial copy."""
+    """An object's stream (:func:`~c2p.storage.s3.open_stream`) whose bytes are also written to the
+    cache; :meth:`finish` (called once the reader reached the tar's end) reads what is left and
+    commits the copy; :meth:`close` without it drops the partial copy."""
 
-    def __init__(self, src: S3ReadStream, local: Path, cache: ShardCache):
+    def __init__(self, src: io.BufferedReader, local: Path, cache: ShardCache):
         self.src, self.local, self.cache = src, local, cache
         local.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = local.with_name(f"{local.name}.{os.getpid()}.tmp")
-        self.out = open(self.tmp, "wb")
+        # A name of its own: the loader opens the next tar while it reads this one, and a
+        # resampled stream may draw the same tar twice in a row.
+        fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=f"{local.name}.{os.getpid()}.", suffix=".tmp")
+        self.tmp, self.out = Path(tmp), os.fdopen(fd, "wb")
         self.done = False
 
     def read(self, n: int = -1) -> bytes:
@@ -107,8 +112,9 @@ class _Tee:
         while self.read(1 << 20):
             pass
         self.out.close()
-        if self.src.size is not None and self.tmp.stat().st_size == self.src.size:
-            self.cache._commit(self.tmp, self.local, self.src.etag)
+        size, etag = self.src.raw.size, self.src.raw.etag
+        if size is not None and self.tmp.stat().st_size == size:
+            self.cache._commit(self.tmp, self.local, etag)
             self.done = True
 
     def close(self) -> None:

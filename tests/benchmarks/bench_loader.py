@@ -95,6 +95,11 @@ def time_bare(urls: list[str], passes: int) -> float:
 
 def time_stream(root: Path, samples: int, batch: int, workers: int, imgfeat: bool, warmup: int) -> float:
     """Samples/s of the stream over ``samples`` samples after ``warmup`` batches (the shuffle buffer's fill)."""
+    return run_stream(root, samples, batch, workers, imgfeat, warmup)[0]
+
+
+def run_stream(root: Path, samples: int, batch: int, workers: int, imgfeat: bool, warmup: int) -> tuple[float, dict]:
+    """:func:`time_stream`'s samples/s, and the stream's counters (``PretrainStream.stats()``: samples read, ...)."""
     cfg = DataConfig(shards=[str(root)], points=1024, workers=workers, shuffle_buffer=SHUFFLE_BUFFER,
                      imgfeat_tag="vitb32" if imgfeat else "", image_size=224)
     stream = PretrainStream(cfg, rank=0, world_size=1, seed=0, batch_size=batch, reseed_every=10**6)
@@ -107,7 +112,7 @@ def time_stream(root: Path, samples: int, batch: int, workers: int, imgfeat: boo
             done += len(batch_["key"])
         if stream.step == steps:
             break
-    return done / (time.perf_counter() - t)
+    return done / (time.perf_counter() - t), stream.stats()
 
 
 def main() -> None:

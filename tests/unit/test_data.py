@@ -184,6 +184,31 @@ def test_reader_counts_each_broken_shard_once(corpora):
     assert keys[-4:] == [f"broken-x{i}" for i in range(4)]  # x2 is read; decoding skips it
 
 
+def test_reader_opens_each_shard_one_ahead_and_closes_what_it_opened(corpora, tmp_path):
+    """read_samples opens a tar while the one before it is read (from a bucket its GET is then in
+    flight): a tar that cannot be opened counts once, in its turn, and a stream stopped early
+    leaves no file open."""
+    import gc
+    import warnings
+
+    from c2p.data.reader import ReadStats, read_samples
+
+    alpha = corpora["alpha"]
+    urls = [str(alpha / SHARD_PATTERN.format(i)) for i in range(3)]
+    stats = ReadStats()
+    keys = [s["__key__"] for s in read_samples([urls[0], str(tmp_path / "gone.tar"), urls[1]], stats)]
+    assert keys == [s["__key__"] for s in read_samples([urls[0], urls[1]], ReadStats())]
+    assert stats.corrupt_shards == 1 and stats.shards_opened == 3 and "gone.tar" in stats.last_error
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        samples = read_samples(urls, ReadStats())
+        next(samples)  # the first tar is being read, the second is open
+        samples.close()
+        del samples
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+
+
 def test_read_shard_yields_whole_samples_then_raises(corpora):
     """One shard in order: what read_samples reads of a whole shard; on a truncated one, the
     samples before the damage, never the one the damage cut, then the error."""
