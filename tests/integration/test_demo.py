@@ -1,6 +1,9 @@
 """The README's first command, shortened: every stage of the demo runs for real (Ray render,
-open_clip_train, DeepSpeed on 2 ranks, zero-shot, few-shot, retrieval), twice with the same
-seed; and a bad config is refused before anything is written.
+open_clip_train, DeepSpeed on 2 ranks, zero-shot, few-shot, retrieval), and a second run finds
+them done with the table unchanged; a bad config is refused before anything is written. That the
+same seeds give the same table is shown stage by stage: renders byte for byte (test_render_job),
+open_clip_train bit for bit (test_train_clip), pre-training's exact resume (test_checkpoint_resume),
+few-shot sweeps (test_eval_training) and the evaluation suite (test_evalsuite_world).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ def _demo(run_dir: Path, name: str, *extra: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_short_demo_runs_every_stage_and_repeats_its_table(tmp_path):
+def test_short_demo_runs_every_stage_and_a_second_run_finds_them_done(tmp_path):
     first = _demo(tmp_path, "a")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     run = tmp_path / "a"
@@ -72,15 +75,6 @@ def test_short_demo_runs_every_stage_and_repeats_its_table(tmp_path):
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert resumed.stdout.count("done before") == 7
     assert json.loads((run / "results.json").read_text()) == results
-
-    # same seed, fresh run directory: the same table
-    second = _demo(tmp_path, "b")
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    again = json.loads((tmp_path / "b" / "results.json").read_text())
-    assert again["results"]["zeroshot"] == results["results"]["zeroshot"]
-    assert again["results"]["fewshot"] == results["results"]["fewshot"]
-    assert again["results"]["retrieval"] == results["results"]["retrieval"]
-    assert again["claims"] == results["claims"]
 
 
 def test_demo_refuses_a_bad_config_before_writing(tmp_path):
