@@ -293,11 +293,13 @@ def node_state(env: dict, host: str) -> str:
     """The controller's state of ``host``, lower case: idle, mixed, allocated, down+not_responding, ...
 
     From ``scontrol show node``, not ``sinfo``: after a two-host job had ended, sinfo (slurm-wlm
-    22.05) went on answering "mixed" for minutes in one test session of three, while scontrol
+    22.05) went on answering "mixed" for minutes in one pytest run of three, while scontrol
     said State=IDLE, CPUAlloc=0 and the queue was empty."""
+    from c2p.cluster.elastic import parse_job  # scontrol's one-line Key=Value form, nodes as jobs
+
     r = subprocess.run(["scontrol", "show", "node", "-o", host], env=env, capture_output=True, text=True, timeout=60)
-    m = re.search(r"\bState=(\S+)", r.stdout)
-    return m.group(1).lower() if m else f"? (scontrol exit {r.returncode}: {r.stderr.strip()[:200]})"
+    state = parse_job(r.stdout).get("State") if r.returncode == 0 else None
+    return state.lower() if state else f"? (scontrol exit {r.returncode}: {r.stderr.strip()[:200]})"
 
 
 def test_down_leaves_nothing_behind(multihost_env, corpus, tmp_path):
