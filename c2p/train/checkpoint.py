@@ -16,7 +16,8 @@ that verifies. Every load of a tag's files is weights-only (:mod:`c2p.train.ckpt
 checkpoint file cannot run code. With a ``mirror`` (``checkpoint.remote``,
 :mod:`c2p.train.remoteckpt`) each committed tag is also uploaded, and a run directory without
 a committed tag resumes from the remote's. :class:`CheckpointManager` owns the whole
-policy (when to save, commit, ``latest``, keep-K, what to resume from, conversion); the
+policy (when to save, commit, ``latest``, keep-K with :mod:`c2p.train.retention`'s rule, what
+to resume from, conversion); the
 training loop only calls ``resolve``/``prepare``/``load`` once and ``save`` every step.
 :mod:`c2p.train.export` writes the engine-free depth tower of a committed tag.
 """
@@ -42,6 +43,7 @@ from c2p.fileio import TMP_SUFFIX, atomic_write_bytes
 from c2p.train.ckptverify import (CHECKSUM, FileProblem, all_gather_objects, build_manifest, dist_place,
                                   gather_objects_to_rank0, hash_own_files, problems_text, verify_files, verify_marker)
 from c2p.train.placement import describe_resume
+from c2p.train.retention import expired, tags_to_keep
 
 log = logging.getLogger("c2p.train")
 
@@ -451,24 +453,16 @@ class CheckpointManager:
             os._exit(17)
 
     def _prune(self) -> None:
-        """Keep the newest ``keep`` committed tags that are not known damaged, and the newest known
-        good one (even when newer tags are unverified); drop older ones and uncommitted leftovers.
-        Damaged tags are left for the operator (a new save of their step replaces them).
-
-        A failed delete is logged and skipped: it never stops a save or the run.
-        """
-        tags = self.committed()
-        if not tags:
-            return
-        healthy = [t for t in tags if t.tag not in self.damaged]
-        keep = {t.tag for t in healthy[-self.keep:]} | self.damaged
-        trusted = [t.tag for t in healthy if t.tag in self.trusted]
-        keep |= set(trusted[-1:])
-        newest = tags[-1].step
-        for d in self.root.iterdir():
-            base = d.name.removesuffix(UNIVERSAL_SUFFIX)
-            m = TAG_PATTERN.match(base)
-            if not m or base in keep or int(m.group(1)) > newest:
+        """Keep-K in the run directory (:mod:`c2p.train.retention`: the newest ``keep`` tags not
+        known damaged, the newest known good one, damaged ones for the operator); older tags,
+        their universal caches and uncommitted leftovers go. A failed delete is logged and
+        skipped: it never stops a save or the run."""
+        tags = [t.tag for t in self.committed()]
+        kept = tags_to_keep(tags, self.keep, self.trusted, self.damaged)
+        folders = {d: d.name.removesuffix(UNIVERSAL_SUFFIX) for d in self.root.iterdir() if d.is_dir()}
+        gone = set(expired([b for b in folders.values() if TAG_PATTERN.match(b)], tags, kept))
+        for d, base in sorted(folders.items()):
+            if base not in gone:
                 continue
             try:
                 shutil.rmtree(d)

@@ -43,6 +43,7 @@ from pathlib import Path
 from c2p import storage
 from c2p.fileio import atomic_write_bytes
 from c2p.train.ckptverify import CHECKSUM, problems_text, tag_files, verify_files
+from c2p.train.retention import expired, tags_to_keep
 
 log = logging.getLogger("c2p.train")
 
@@ -171,15 +172,14 @@ class RemoteCheckpoints:
         storage.delete([self._at(tag, _COMMIT)])
 
     def prune(self) -> list[str]:
-        """Keep the ``keep`` newest committed remote tags and the newest one known good; delete
-        older tags (marker first) and older uncommitted leftovers. Returns the tags deleted."""
+        """Keep-K in the mirror (:mod:`c2p.train.retention`, the run directory's rule): delete older
+        tags (marker first) and older uncommitted leftovers. Returns the tags deleted."""
         tree = self.tree()
         tags = self.committed(tree)
         if not tags:
             return []
-        keep = set(tags[-self.keep:]) | set([t for t in tags if t in self.trusted][-1:])
-        present = sorted({k.split("/")[0] for k in tree if "/" in k and _is_tag(k.split("/")[0])})
-        gone = [t for t in present if t < tags[-1] and t not in keep]
+        kept = tags_to_keep(tags, self.keep, self.trusted)
+        gone = expired({k.split("/")[0] for k in tree if "/" in k and _is_tag(k.split("/")[0])}, tags, kept)
         for tag in gone:
             keys = sorted((k for k in tree if k.startswith(tag + "/")), key=lambda k: not k.endswith("/" + _COMMIT))
             storage.delete([self._at(k) for k in keys])

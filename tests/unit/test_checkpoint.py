@@ -96,6 +96,24 @@ def test_prune_keeps_k_and_survives_a_failed_delete(tmp_path, monkeypatch, caplo
     assert m.should_save(20) and not m.should_save(21) and m.should_save(21, last=True)
 
 
+def test_one_keep_k_rule_for_the_run_directory_and_the_mirror():
+    """c2p.train.retention, which both places call: the newest K not known damaged, the newest known
+    good one, damaged ones for the operator; older tags and leftovers go, newer folders stay."""
+    from c2p.train.retention import expired, tags_to_keep
+
+    tags = [tag_name(s) for s in (10, 20, 30, 40, 50)]
+    assert tags_to_keep(tags, 2) == {tags[3], tags[4]}
+    assert tags_to_keep(tags, 2, trusted={tags[1]}) == {tags[1], tags[3], tags[4]}  # the newest known good stays
+    assert tags_to_keep(tags, 2, trusted={tags[1], tags[4]}) == {tags[3], tags[4]}
+    assert tags_to_keep(tags, 2, damaged={tags[4]}) == {tags[2], tags[3], tags[4]}  # damaged: kept, not counted
+    assert tags_to_keep(tags, 10) == set(tags)
+    with pytest.raises(ValueError, match="checkpoint.keep=0: expected at least 1"):
+        tags_to_keep(tags, 0)
+    leftovers = [tag_name(15), tag_name(60)]  # a crashed save below the newest tag, a save in progress above it
+    assert expired(tags + leftovers, tags, {tags[3], tags[4]}) == [tags[0], tag_name(15), tags[1], tags[2]]
+    assert expired(leftovers, [], set()) == []  # nothing committed: nothing deleted
+
+
 # ----------------------------------------------------------------------------- real runs
 
 
