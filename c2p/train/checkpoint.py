@@ -17,8 +17,8 @@ checkpoint file cannot run code. With a ``mirror`` (``checkpoint.remote``,
 :mod:`c2p.train.remoteckpt`) each committed tag is also uploaded, and a run directory without
 a committed tag resumes from the remote's. :class:`CheckpointManager` owns the whole
 policy (when to save, commit, ``latest``, keep-K with :mod:`c2p.train.retention`'s rule, what
-to resume from, conversion); the
-training loop only calls ``resolve``/``prepare``/``load`` once and ``save`` every step.
+to resume from, conversion); the training loop only calls ``resolve``/``prepare``/``load`` once
+and ``save`` every step.
 :mod:`c2p.train.export` writes the engine-free depth tower of a committed tag.
 """
 
