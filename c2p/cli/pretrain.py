@@ -4,6 +4,7 @@
     c2p-pretrain --config configs/pretrain/shapenet_vitb32.yaml --cluster slurm \\
         --nodes 4 --gpus-per-node 8 --cpus-per-task 10 --partition gpu --time 48:00:00 [key=value ...]
     c2p-pretrain ... --dry-run      # print the sbatch script and the resolved config
+    c2p-pretrain --follow 1234      # wait for job 1234 (submitted with --no-wait), as --wait would
 
 Order of events (nothing is written before the config and the request passed their checks):
 the config is loaded and validated (``key=value`` overrides, paths made absolute); what the
@@ -24,6 +25,10 @@ resumes it (``checkpoint.resume=auto``), unless a job still writes it: rank 0 of
 the run directory's lease (:mod:`c2p.lease`), and a second launch is refused naming that job.
 A rank that finishes no step for ``train.watchdog_s`` ends the job naming the rank that
 stopped (:mod:`c2p.train.watchdog`).
+
+Elastic (``--nodes MIN-MAX``): a job requeued after a lost node is shrunk to the nodes left
+while a launcher waits for it: ``--wait``, or ``--follow JOB`` for one submitted without it
+(:mod:`c2p.cluster.elastic`); it prints rank 0's result at the end, as ``--wait`` does.
 """
 
 from __future__ import annotations
@@ -34,8 +39,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from c2p.cli.base import command_parser, print_result, run_command
-from c2p.cluster import ClusterOptions, add_cluster_args, launch
+from c2p.cli.base import UsageError, command_parser, print_result, run_command
+from c2p.cluster import ClusterOptions, add_cluster_args, follow, launch
 from c2p.config import load_config, to_yaml
 from c2p.config.pretrain import PretrainConfig
 from c2p.lease import check_free
@@ -47,6 +52,8 @@ TARGET = "c2p.train.pretrain:run"
 def build_parser() -> argparse.ArgumentParser:
     p = command_parser(__doc__, PretrainConfig)
     add_cluster_args(p, job_name="c2p-pretrain")
+    p.add_argument("--follow", metavar="JOB", help="wait for SLURM job JOB submitted earlier (--no-wait) as --wait would: "
+                   "shrink it after a lost node (--nodes MIN-MAX), then print rank 0's result; takes no config")
     return p
 
 
@@ -64,6 +71,12 @@ def resolve_paths(cfg: PretrainConfig) -> PretrainConfig:
 
 
 def body(args: argparse.Namespace) -> int:
+    if args.follow:
+        if args.config or args.overrides:
+            raise UsageError(f"--follow {args.follow} takes no config (given: {args.config or ' '.join(args.overrides)}); "
+                             "the job runs the config it was submitted with")
+        print_result(follow(args.follow))
+        return 0
     cfg = resolve_paths(load_config(PretrainConfig, args.config, args.overrides))
     opts = ClusterOptions.from_args(args)
     # everything the ranks would read, checked here: a refusal leaves no run directory behind

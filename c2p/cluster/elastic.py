@@ -5,7 +5,8 @@ What happens when a node of a running job dies::
     slurmctld: node c2p-h2 not responding (SlurmdTimeout) -> DOWN
     the job is ended on every node and requeued (--requeue), keeping its node count
     requeued job: PENDING, reason "ReqNodeNotAvail, UnavailableNodes:c2p-h2"
-    the launcher waiting for it (--wait): scontrol update JobId=J NumNodes=1 NumTasks=1
+    the launcher waiting for it (--wait, or c2p-pretrain --follow J after --no-wait):
+        scontrol update JobId=J NumNodes=1 NumTasks=1
     the job starts on the node left; the trainer resumes from the last committed checkpoint at
     the smaller world size (a universal-format resume) and logs which host was lost
 
@@ -13,8 +14,9 @@ The job is submitted for its largest size (``--nodes=MAX``) and shrunk only once
 stranded: requeued, and waiting for nodes that are down, drained or gone. Not SLURM's own
 ``--nodes=MIN-MAX``: for such a range its scheduler (select/cons_tres, slurm-wlm 22.05) picks the
 fewest nodes that hold the job's tasks, so a job asking for 1-2 nodes starts on one node even
-with two idle. A job not watched by a launcher (``--no-wait``) waits, as any SLURM job does,
-until its nodes are back.
+with two idle. A job not watched by a launcher waits, as any SLURM job does, until its nodes
+are back: ``c2p-pretrain --follow JOB`` watches one submitted with ``--no-wait`` (the request
+is recorded in the job's ``--comment``, :func:`elastic_comment`).
 
 Each rank's task count comes from the allocation at start (the batch script's ``setup`` line,
 :func:`task_count_setup`): the job's environment keeps the task count it was submitted with.
@@ -33,7 +35,7 @@ from c2p.cluster.slurm import run_command
 
 log = logging.getLogger(__name__)
 
-__all__ = ["task_count_setup", "parse_job", "count_usable", "shrink_if_stranded"]
+__all__ = ["task_count_setup", "parse_job", "count_usable", "shrink_if_stranded", "elastic_comment", "elastic_request"]
 
 _USABLE_STATES = {"idle", "mixed", "allocated", "completing"}  # responding: no "*" suffix, not down/drained
 
@@ -44,6 +46,24 @@ def task_count_setup(opts: ClusterOptions) -> list[str]:
     n = f"$((SLURM_JOB_NUM_NODES * {opts.tasks_per_node}))"
     return ["# ranks from the allocation: a job shrunk after a lost node has fewer nodes than it was submitted with",
             f"export SLURM_NTASKS={n} SLURM_NPROCS={n}"]
+
+
+_COMMENT = re.compile(r"c2p-elastic:(\d+)-(\d+):(\d+)")
+
+
+def elastic_comment(opts: ClusterOptions) -> str:
+    """The ``--comment`` of an elastic job, ``c2p-elastic:MIN-MAX:TASKS_PER_NODE``: what a launcher
+    that follows the job later (``--follow``) needs to shrink it."""
+    return f"c2p-elastic:{opts.min_nodes}-{opts.nodes}:{opts.tasks_per_node}"
+
+
+def elastic_request(fields: dict[str, str]) -> ClusterOptions | None:
+    """The elastic request a job's ``Comment`` (:func:`parse_job`'s fields) records; None for a job
+    submitted with a fixed node count."""
+    m = _COMMENT.fullmatch(fields.get("Comment", "").strip())
+    if not m:
+        return None
+    return ClusterOptions(cluster="slurm", min_nodes=int(m[1]), nodes=int(m[2]), tasks_per_node=int(m[3]))
 
 
 def parse_job(text: str) -> dict[str, str]:

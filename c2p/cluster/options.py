@@ -195,7 +195,7 @@ def add_cluster_args(parser: argparse.ArgumentParser, *, job_name: str = "c2p") 
     g = parser.add_argument_group("cluster (SLURM through submitit, or local processes)")
     g.add_argument("--cluster", choices=["slurm", "local"], default=default_cluster(), help="default: slurm where sbatch and a slurm.conf exist, else local (now: %(default)s)")
     g.add_argument("--nodes", default="1", help="nodes (SLURM): N, or MIN-MAX: asks for MAX; requeued after a lost node, "
-                   "the job goes on with the nodes left, down to MIN, while the launcher waits for it (--wait); "
+                   "the job goes on with the nodes left, down to MIN, while a launcher waits for it (--wait, or c2p-pretrain --follow JOB); "
                    "pre-training resumes at the smaller world size")
     g.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node; one process per GPU")
     g.add_argument("--tasks-per-node", type=int, default=None, help="processes (ranks) per node (default: GPUs per node, or 1)")

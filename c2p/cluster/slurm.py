@@ -54,9 +54,10 @@ def slurm_parameters(opts: ClusterOptions, *, array: bool = False) -> dict[str, 
         if getattr(opts, name) is not None:
             params[name] = getattr(opts, name)
     if opts.min_nodes is not None:  # submitted for its largest size; shrunk when stranded (c2p.cluster.elastic)
-        from c2p.cluster.elastic import task_count_setup
+        from c2p.cluster.elastic import elastic_comment, task_count_setup
 
         params["setup"] = task_count_setup(opts)
+        extra.setdefault("comment", elastic_comment(opts))  # for a launcher that follows the job later
     if opts.gpus_per_node:
         params["gpus_per_node"] = opts.gpus_per_node
     if opts.exclusive:

@@ -44,7 +44,7 @@ from typing import Any, Callable, Sequence
 
 from c2p.cluster.errors import JobFailedError, LaunchError
 from c2p.cluster.options import ClusterOptions
-from c2p.cluster.slurm import TERMINAL_STATES, check_request, make_executor, sbatch_script, slurm_state
+from c2p.cluster.slurm import TERMINAL_STATES, check_request, make_executor, run_command, sbatch_script, slurm_state
 from c2p.cluster.task import ClusterTask
 from c2p.fileio import atomic_write_bytes
 
@@ -339,14 +339,42 @@ def launch(
         return None
     print(describe_job(job, opts, run_dir), file=out, flush=True)
     waiting = wait_for_result if wait_for_result is not None else opts.cluster == "local"
-    if opts.min_nodes is not None and not waiting:
-        print(f"  note    : --nodes {opts.nodes_text} shrinks a job requeued after a lost node only while a launcher waits "
-              "for it (--wait); otherwise it waits for its nodes", file=out, flush=True)
+    if opts.min_nodes is not None and not waiting and opts.cluster == "slurm":
+        print(f"  elastic : c2p-pretrain --follow {job.job_id}    (waits for the job; --nodes {opts.nodes_text} shrinks it "
+              "after a lost node only while a launcher waits, otherwise it waits for its nodes)", file=out, flush=True)
     if waiting:
         # an elastic job (--nodes MIN-MAX) may end with fewer ranks than it asked for: rank 0's result is the job's
         elastic = opts if opts.min_nodes is not None else None
         return collect([job], first_rank_only=elastic is not None, elastic=elastic)[0]
     return job
+
+
+def follow(job_id: str, out: Any = None) -> Any:
+    """Wait for the SLURM job ``job_id``, submitted earlier by a launcher (``--no-wait``), as ``--wait``
+    would have, and return rank 0's result: an elastic job (its ``--comment`` records the request,
+    :func:`c2p.cluster.elastic.elastic_request`) is shrunk to the nodes left when a lost node
+    strands it. :class:`LaunchError` for a job SLURM does not know or one without submitit's files."""
+    import submitit
+
+    from c2p.cluster.elastic import elastic_request, parse_job
+
+    out = out or sys.stdout
+    shown = run_command(["scontrol", "show", "job", "-o", str(job_id)], timeout=30)
+    fields = parse_job(shown.stdout) if shown.returncode == 0 else {}
+    if fields.get("JobId") != str(job_id):
+        raise LaunchError(f"--follow {job_id}: SLURM does not know this job ({(shown.stderr or shown.stdout).strip()}); "
+                          "expected the id of a job a c2p launcher submitted and SLURM still lists")
+    folder = Path(fields.get("StdErr", "")).parent
+    if not (folder / f"{job_id}_submitted.pkl").is_file():
+        raise LaunchError(f"--follow {job_id}: no submitit files of it in {folder} (its StdErr's folder); "
+                          "expected a job a c2p launcher submitted")
+    elastic = elastic_request(fields)
+    tasks = int(fields.get("NumTasks", "1") or 1) if elastic is None else 1  # an elastic job's result is rank 0's
+    print(f"following job {job_id} ({fields.get('JobState', '?')}"
+          + (f"; elastic: {elastic.min_nodes}-{elastic.nodes} node(s)" if elastic else "") + f"); logs: {folder}",
+          file=out, flush=True)
+    job = submitit.SlurmJob(folder=folder, job_id=str(job_id), tasks=tuple(range(tasks)))
+    return collect([job], first_rank_only=elastic is not None, elastic=elastic)[0]
 
 
 def launch_array(

@@ -139,17 +139,25 @@ def metric_steps(run: Path) -> list[dict]:
 
 def test_pretraining_resumes_on_the_host_left_when_host_2_dies(multihost_env, tiny_shards, tmp_path):
     """Host 2 dies between two checkpoints: SLURM sees its node go (SlurmdTimeout=6), ends the job and
-    requeues it; asked for with ``--nodes 1-2`` it starts again on host 1 alone, resumes from the last
-    committed tag at world size 1 (the universal-checkpoint path) and trains on to the target step."""
+    requeues it; asked for with ``--nodes 1-2`` (submitted with ``--no-wait``, then followed by
+    ``--follow JOB``, which reads the request from the job's comment) it starts again on host 1
+    alone, resumes from the last committed tag at world size 1 (the universal-checkpoint path)
+    and trains on to the target step."""
     steps, every = 200, 10
     wait_both_idle(multihost_env)  # the job asks for both hosts: it starts on two
-    proc = subprocess.Popen(
+    submitted = subprocess.run(
         [sys.executable, "launch/pretrain.py", "--config", str(TINY), "--cluster", "slurm", "--nodes", "1-2",
-         "--tasks-per-node", "1", "--time", "10", "--wait", f"data.shards=[{tiny_shards}]", "data.imgfeat_tag=tiny",
+         "--tasks-per-node", "1", "--time", "10", "--no-wait", f"data.shards=[{tiny_shards}]", "data.imgfeat_tag=tiny",
          f"run.dir={tmp_path}", "run.name=lost", f"train.steps={steps}", f"checkpoint.every={every}", "checkpoint.keep=2",
          "train.log_every=1", "train.watchdog_s=120", "schedule.name=constant",
          "loss.global_negatives=true"],
-        cwd=REPO, env=multihost_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=REPO, env=multihost_env, capture_output=True, text=True, timeout=120)
+    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    job = re.search(r"submitted job (\d+)", submitted.stdout).group(1)
+    assert f"c2p-pretrain --follow {job}" in submitted.stdout
+    # Submitted without --wait: the launcher that shrinks it after the lost host is one that follows it.
+    proc = subprocess.Popen([sys.executable, "launch/pretrain.py", "--follow", job], cwd=REPO, env=multihost_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run = tmp_path / "lost"
     # Host 2 dies once two checkpoints are committed at world size 2 and training went on past them.
     wait_while_running(proc, lambda: (run / "checkpoints" / "latest").is_file()

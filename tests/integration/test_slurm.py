@@ -109,6 +109,11 @@ def test_preempted_job_is_requeued_and_resumes(uninterrupted, slurm_env, shard_a
     # What SLURM does before preempting a job (and what submitit's own _interrupt() sends).
     subprocess.run(["scancel", "--signal=USR2", job], env=env, check=True)
     result = run / "logs" / job / f"{job}_0_result.pkl"
+    # A launcher that follows the job submitted without --wait: through the requeue to rank 0's result.
+    followed = subprocess.run([sys.executable, "launch/pretrain.py", "--follow", job], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=400)
+    assert followed.returncode == 0, followed.stdout[-3000:] + followed.stderr[-3000:]
+    assert f"following job {job}" in followed.stdout and json.loads(followed.stdout.strip().splitlines()[-1])["step"] == STEPS
     wait_gone_or_done(job, result)
     err = (run / "logs" / job / f"{job}_0_log.err").read_text()
     assert "this job is preempted" in err and "Requeued job" in err, err[-3000:]
@@ -140,6 +145,12 @@ def test_impossible_request_is_refused_and_leaves_nothing(slurm_env, shard_args,
     assert not (tmp_path / "runs").exists()
     after = subprocess.run(["squeue", "-h", "-o", "%i"], env=env, capture_output=True, text=True).stdout.split()
     assert set(after) <= set(before) | {j for j in after if not j.isdigit()}  # nothing new was submitted
+
+
+def test_following_a_job_slurm_does_not_know_is_refused(slurm_env):
+    r = subprocess.run([sys.executable, "launch/pretrain.py", "--follow", "987654"], cwd=REPO, env=slurm_env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "--follow 987654: SLURM does not know this job" in r.stderr, r.stderr
 
 
 def test_slurm_refuses_what_sinfo_cannot_see(slurm_env, tmp_path):

@@ -104,6 +104,28 @@ def test_an_elastic_request_fits_when_its_fewest_nodes_do(tmp_path):
     assert not any("SLURM_NTASKS" in line for line in sbatch_script(ClusterOptions(cluster="slurm", nodes=2), tmp_path).splitlines())
 
 
+def test_an_elastic_job_records_its_request_for_a_launcher_that_follows_it_later(tmp_path):
+    from c2p.cluster.elastic import elastic_request, parse_job
+
+    opts = ClusterOptions(cluster="slurm", nodes=4, min_nodes=2, tasks_per_node=8)
+    assert "#SBATCH --comment=c2p-elastic:2-4:8" in sbatch_script(opts, tmp_path).splitlines()
+    shown = parse_job(REQUEUED.replace("Power=", "Comment=c2p-elastic:2-4:8 Power="))
+    assert elastic_request(shown) == ClusterOptions(cluster="slurm", nodes=4, min_nodes=2, tasks_per_node=8)
+    assert elastic_request(parse_job(REQUEUED)) is None  # a fixed node count: nothing to shrink
+    assert elastic_request({"Comment": "nightly c2p-elastic:2-4:8"}) is None  # someone else's comment
+    fixed = sbatch_script(ClusterOptions(cluster="slurm", nodes=4), tmp_path)
+    assert "--comment" not in fixed
+    own = ClusterOptions(cluster="slurm", nodes=4, min_nodes=2, sbatch={"comment": "mine"})  # the user's own comment stays
+    assert "#SBATCH --comment=mine" in sbatch_script(own, tmp_path).splitlines()
+
+
+def test_follow_takes_no_config(capsys):
+    from c2p.cli.pretrain import main
+
+    assert main(["--follow", "12", "--config", "configs/pretrain/tiny.yaml"]) == 2
+    assert "--follow 12 takes no config" in capsys.readouterr().err
+
+
 def test_mem_mb_refuses_other_text():
     with pytest.raises(LaunchError, match="--mem '64 gigs'"):
         mem_mb("64 gigs")
