@@ -24,7 +24,8 @@ run's ``latest`` committed checkpoint; a preemption loses at most ``checkpoint.e
 resumes it (``checkpoint.resume=auto``), unless a job still writes it: rank 0 of the job holds
 the run directory's lease (:mod:`c2p.lease`), and a second launch is refused naming that job.
 A rank that finishes no step for ``train.watchdog_s`` ends the job naming the rank that
-stopped (:mod:`c2p.train.watchdog`).
+stopped (:mod:`c2p.train.watchdog`); on SLURM it first asks SLURM to requeue the job (at most
+``train.watchdog_requeues`` times), which then resumes from ``latest``.
 
 Elastic (``--nodes MIN-MAX``): a job requeued after a lost node is shrunk to the nodes left
 while a launcher waits for it: ``--wait``, or ``--follow JOB`` for one submitted without it

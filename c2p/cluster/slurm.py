@@ -120,6 +120,27 @@ def run_command(cmd: Sequence[str], timeout: float = 60) -> subprocess.Completed
         raise LaunchError(f"'{' '.join(cmd)}' did not answer within {timeout:.0f}s: is the SLURM controller up?") from e
 
 
+def requeue_this_job(budget: int, env: dict[str, str] | None = None) -> str:
+    """Ask SLURM to requeue the job this process runs in (``scontrol requeue``: it ends every rank
+    and queues the job again, which then resumes from its last committed checkpoint), unless the
+    job restarted ``budget`` times already (``SLURM_RESTART_COUNT``). Returns what was done, in
+    words; never raises (it runs on the way out of a failing process)."""
+    env = os.environ if env is None else env
+    job = env.get("SLURM_JOB_ID", "")
+    if not job or env.get("SUBMITIT_EXECUTOR", "slurm") != "slurm":  # a local job run inside an allocation is not one
+        return "not a SLURM batch job: not requeued"
+    restarts = int(env.get("SLURM_RESTART_COUNT", "0") or 0)
+    if restarts >= budget:
+        return f"job {job} not requeued: it restarted {restarts} time(s) already (train.watchdog_requeues = {budget})"
+    try:
+        r = run_command(["scontrol", "requeue", job], timeout=30)
+    except LaunchError as e:
+        return f"job {job} not requeued: {e}"
+    if r.returncode != 0:
+        return f"job {job} not requeued: scontrol requeue said {(r.stderr or r.stdout).strip()!r}"
+    return f"requeued job {job} (restart {restarts + 1} of at most {budget}): it resumes from the last committed checkpoint"
+
+
 SINFO_FORMAT = "%R|%N|%c|%m|%G"  # partition | node | CPUs | memory (MB) | generic resources
 
 

@@ -94,6 +94,7 @@ class TrainConfig:
     log_every: int = option(10, "steps between metric lines", ge=1)
     deterministic: bool = option(False, "deterministic algorithms: a resumed run repeats the uninterrupted one bit for bit (slower)")
     watchdog_s: float = option(900.0, "seconds a rank may go without finishing an optimizer step (a checkpoint save included) before it ends the job naming the stalled rank, exit 75 (0: off)", ge=0.0)
+    watchdog_requeues: int = option(2, "times a SLURM job whose watchdog fired asks SLURM to requeue it (counted by SLURM_RESTART_COUNT, preemptions included); it resumes from the last committed checkpoint (0: the job fails)", ge=0)
     collective_timeout_s: float = option(0.0, "timeout of one collective of the default process group in seconds (0: 2 x train.watchdog_s, or 1800 with the watchdog off)", ge=0.0)
     peak_tflops: float = option(0.0, "peak TFLOP/s per rank that MFU is taken against (0: measured at start, a matmul in the run's precision)", ge=0.0)
 

@@ -246,8 +246,11 @@ class Trainer:
     @functools.cached_property
     def watchdog(self) -> Watchdog:
         """This rank's progress watchdog, started on first use (c2p.train.watchdog)."""
+        from c2p.cluster.slurm import requeue_this_job  # a job that hangs is requeued, within its budget
+
+        requeue = functools.partial(requeue_this_job, self.cfg.train.watchdog_requeues)
         return self.guards.enter_context(Watchdog(self.run_dir, self.rank, self.world_size, self.cfg.train.watchdog_s,
-                                                  step=self.state.step))
+                                                  step=self.state.step, on_stall=requeue))
 
     def close(self) -> None:
         """Stop the watchdog and release the run directory (rank 0): the run is over, failed or not."""

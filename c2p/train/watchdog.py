@@ -12,9 +12,11 @@ neither the rank nor the step. So each rank runs one :class:`Watchdog` thread:
 - when no step finished for ``timeout_s`` it logs an error naming this rank, its last step and
   for how long, and the peer that stopped (:func:`stalled_peers`), flushes the logs and ends
   the process with :data:`EXIT_STALLED`. ``os._exit``, because the main thread is blocked in a
-  collective that no exception can interrupt. The launcher sees a failed rank and ends the job
-  (SLURM: ``srun --kill-on-bad-exit``; local jobs: :func:`c2p.cluster.submit.wait`), which can
-  then be requeued and resumes from ``latest``.
+  collective that no exception can interrupt. Before that, ``on_stall`` runs (pre-training:
+  ask SLURM to requeue the job, :func:`c2p.cluster.slurm.requeue_this_job`, within
+  ``train.watchdog_requeues``: a failed job is not requeued by SLURM, a lost node is). The launcher
+  sees a failed rank and ends the job (SLURM: ``srun --kill-on-bad-exit``; local jobs:
+  :func:`c2p.cluster.submit.wait`); requeued, it resumes from ``latest``.
 
 Sizing: the watchdog bounds one optimizer step, and the steps that save a checkpoint (every
 ``checkpoint.every``) are the longest. A step that takes more than half of ``timeout_s`` is
@@ -33,6 +35,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 __all__ = ["EXIT_STALLED", "HEARTBEAT_DIR", "Heartbeat", "Watchdog", "read_heartbeats", "stalled_peers"]
 
@@ -102,11 +105,12 @@ class Watchdog:
 
     ``timeout_s``: seconds without a finished step before the process ends (0: no watchdog,
     the heartbeat file is still written); ``poll_s``: how often the thread wakes and rewrites
-    the file (default: ``timeout_s / 10`` within 1..30 s).
+    the file (default: ``timeout_s / 10`` within 1..30 s); ``on_stall``: called once the
+    watchdog fired, before the process ends; what it returns (what it did, in words) is logged.
     """
 
     def __init__(self, run_dir: Path, rank: int, world_size: int, timeout_s: float, *, step: int = 0,
-                 poll_s: float | None = None):
+                 poll_s: float | None = None, on_stall: Callable[[], str] | None = None):
         self.directory = Path(run_dir) / HEARTBEAT_DIR
         self.rank, self.world_size, self.timeout_s = rank, world_size, timeout_s
         self.poll_s = poll_s or min(30.0, max(1.0, timeout_s / 10 if timeout_s else 30.0))
@@ -115,6 +119,7 @@ class Watchdog:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name=f"c2p-watchdog-rank{rank}", daemon=True)
         self._host, self._pid = socket.gethostname(), os.getpid()
+        self.on_stall = on_stall
 
     def __enter__(self) -> "Watchdog":
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -160,10 +165,15 @@ class Watchdog:
         now = time.time()
         peers = stalled_peers(read_heartbeats(self.directory, self.world_size), self.rank, now, self.poll_s)
         log.error("watchdog: rank %d finished no optimizer step for %.0fs (train.watchdog_s = %.0f) after step %d%s; "
-                  "ending this rank with exit status %d so that the job fails and can be requeued",
+                  "ending this rank with exit status %d",
                   self.rank, idle, self.timeout_s, self.step,
                   f"; {peers}" if peers else "; no peer's heartbeat tells which rank stopped (see heartbeat/)",
                   EXIT_STALLED)
+        if self.on_stall is not None:
+            try:
+                log.error("watchdog: rank %d: %s", self.rank, self.on_stall())
+            except Exception as e:  # noqa: BLE001 -- the process ends either way
+                log.error("watchdog: rank %d: on_stall failed: %s: %s", self.rank, type(e).__name__, e)
         for h in log.handlers:
             h.flush()
         sys.stdout.flush()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -125,6 +126,39 @@ def test_preempted_job_is_requeued_and_resumes(uninterrupted, slurm_env, shard_a
     assert a["step"] == b["step"] == STEPS
     assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == \
            [json.loads(line)["step"] for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert (run / "checkpoints" / "latest").read_text() == f"step_{STEPS:08d}"
+
+
+def test_a_stopped_rank_has_the_job_requeued_and_it_resumes(slurm_env, shard_args, tmp_path):
+    """Rank 1 stops (SIGSTOP) after the first committed checkpoint: rank 0's watchdog fires and asks
+    SLURM to requeue the job (SLURM requeues a lost node's job, not a failed one); the job starts
+    again, resumes from the last committed tag and finishes; a launcher following it gets rank 0's result."""
+    r = pretrain(slurm_env, tmp_path, "stalled", *shard_args, "train.watchdog_s=20")  # returns after submission
+    assert r.returncode == 0, r.stdout + r.stderr
+    job, run = job_id_of(r.stdout), tmp_path / "stalled"
+    beat = run / "heartbeat" / "rank_00001.json"
+    deadline = time.monotonic() + 300
+    while not (list((run / "checkpoints").glob("step_*/c2p_commit.json")) and beat.is_file()):
+        assert time.monotonic() < deadline and slurm_state(job) in ("PENDING", "RUNNING", "CONFIGURING", "UNKNOWN"), slurm_state(job)
+        time.sleep(0.2)
+    pid = json.loads(beat.read_text())["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        followed = subprocess.run([sys.executable, "launch/pretrain.py", "--follow", job], cwd=REPO, env=slurm_env,
+                                  capture_output=True, text=True, timeout=400)
+    finally:
+        for sig in (signal.SIGCONT, signal.SIGKILL):  # ended by SLURM's requeue already, unless the test failed
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+    assert followed.returncode == 0, followed.stdout[-3000:] + followed.stderr[-3000:]
+    assert json.loads(followed.stdout.strip().splitlines()[-1])["step"] == STEPS
+    log = (run / "logs" / "train_rank0.log").read_text()
+    assert "watchdog: rank 0 finished no optimizer step for" in log and f"rank 1 (pid {pid} on " in log, log[-3000:]
+    assert f"requeued job {job} (restart 1 of at most 2)" in log, log[-3000:]
+    resumed = [int(k) for k in re.findall(r"resumed from step (\d+)", log)]
+    assert len(resumed) == 1 and 0 < resumed[0] < STEPS and resumed[0] % EVERY == 0, resumed
     assert (run / "checkpoints" / "latest").read_text() == f"step_{STEPS:08d}"
 
 

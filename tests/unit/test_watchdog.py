@@ -48,13 +48,29 @@ def test_rank_without_progress_exits_75_naming_itself_its_step_and_the_frozen_pe
     (beats / "rank_00001.json").write_text(json.dumps(asdict(Heartbeat(1, "nodeB", 4321, 3, now - 60, now - 60))))
     script = ("import logging, time, sys\nfrom pathlib import Path\nfrom c2p.train.watchdog import Watchdog\n"
               "logging.basicConfig(stream=sys.stderr)\n"
-              f"with Watchdog(Path({str(tmp_path)!r}), rank=0, world_size=2, timeout_s=1, step=3, poll_s=0.2):\n"
+              f"with Watchdog(Path({str(tmp_path)!r}), rank=0, world_size=2, timeout_s=1, step=3, poll_s=0.2,\n"
+              "              on_stall=lambda: 'asked for a requeue'):\n"
               "    time.sleep(120)\n")
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=100,
                        env=dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"))
     assert r.returncode == EXIT_STALLED, r.stderr
     assert "watchdog: rank 0 finished no optimizer step for" in r.stderr and "after step 3" in r.stderr
     assert "rank 1 (pid 4321 on nodeB) stopped running" in r.stderr and "last reported step 3)" in r.stderr
+    assert "watchdog: rank 0: asked for a requeue" in r.stderr  # on_stall ran on the way out, and was logged
+
+
+def test_a_stalled_job_asks_slurm_for_a_requeue_within_its_budget():
+    """c2p.cluster.slurm.requeue_this_job, what the pre-training watchdog calls: refused outside a SLURM batch
+    job and once the job restarted ``budget`` times; else ``scontrol requeue``, whose failure (no job 0)
+    is told, not raised. The requeue itself: tests/integration/test_slurm.py."""
+    from c2p.cluster.slurm import requeue_this_job
+
+    assert requeue_this_job(2, {}) == "not a SLURM batch job: not requeued"
+    assert requeue_this_job(2, {"SLURM_JOB_ID": "7", "SUBMITIT_EXECUTOR": "local"}) == "not a SLURM batch job: not requeued"
+    assert requeue_this_job(2, {"SLURM_JOB_ID": "7", "SLURM_RESTART_COUNT": "2"}) == \
+        "job 7 not requeued: it restarted 2 time(s) already (train.watchdog_requeues = 2)"
+    assert requeue_this_job(0, {"SLURM_JOB_ID": "7"}).startswith("job 7 not requeued: it restarted 0 time(s)")
+    assert requeue_this_job(2, {"SLURM_JOB_ID": "0", "SLURM_RESTART_COUNT": "1"}).startswith("job 0 not requeued: ")
 
 
 def test_watchdog_and_collective_timeout_keys_are_validated():
