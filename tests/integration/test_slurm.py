@@ -52,6 +52,25 @@ def job_id_of(stdout: str) -> str:
     return m.group(1)
 
 
+def follow(env: dict, job: str, timeout: float = 400) -> subprocess.CompletedProcess:
+    """``launch/pretrain.py --follow JOB``: a launcher that waits for a job submitted without --wait."""
+    return subprocess.run([sys.executable, "launch/pretrain.py", "--follow", job], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def committed(run: Path) -> bool:
+    """The run has a committed checkpoint."""
+    return bool(list((run / "checkpoints").glob("step_*/c2p_commit.json")))
+
+
+def wait_while_queued(job: str, ready, timeout: float = 300) -> None:
+    """Until ``ready()`` holds; fails if the job left the queue first or ``timeout`` passed."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert time.monotonic() < deadline and slurm_state(job) in ("PENDING", "RUNNING", "CONFIGURING", "UNKNOWN"), slurm_state(job)
+        time.sleep(0.2)
+
+
 def wait_gone_or_done(job_id: str, result: Path, timeout: float = 400) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -103,16 +122,12 @@ def test_preempted_job_is_requeued_and_resumes(uninterrupted, slurm_env, shard_a
     r = pretrain(env, tmp_path, "preempted", *shard_args)  # --cluster slurm: returns after submission
     assert r.returncode == 0, r.stdout + r.stderr
     job, run = job_id_of(r.stdout), tmp_path / "preempted"
-    deadline = time.monotonic() + 300
-    while not list((run / "checkpoints").glob("step_*/c2p_commit.json")):  # the first committed checkpoint
-        assert time.monotonic() < deadline and slurm_state(job) in ("PENDING", "RUNNING", "CONFIGURING", "UNKNOWN"), slurm_state(job)
-        time.sleep(0.2)
+    wait_while_queued(job, lambda: committed(run))
     # What SLURM does before preempting a job (and what submitit's own _interrupt() sends).
     subprocess.run(["scancel", "--signal=USR2", job], env=env, check=True)
     result = run / "logs" / job / f"{job}_0_result.pkl"
     # A launcher that follows the job submitted without --wait: through the requeue to rank 0's result.
-    followed = subprocess.run([sys.executable, "launch/pretrain.py", "--follow", job], cwd=REPO, env=env, capture_output=True,
-                              text=True, timeout=400)
+    followed = follow(env, job)
     assert followed.returncode == 0, followed.stdout[-3000:] + followed.stderr[-3000:]
     assert f"following job {job}" in followed.stdout and json.loads(followed.stdout.strip().splitlines()[-1])["step"] == STEPS
     wait_gone_or_done(job, result)
@@ -137,15 +152,11 @@ def test_a_stopped_rank_has_the_job_requeued_and_it_resumes(slurm_env, shard_arg
     assert r.returncode == 0, r.stdout + r.stderr
     job, run = job_id_of(r.stdout), tmp_path / "stalled"
     beat = run / "heartbeat" / "rank_00001.json"
-    deadline = time.monotonic() + 300
-    while not (list((run / "checkpoints").glob("step_*/c2p_commit.json")) and beat.is_file()):
-        assert time.monotonic() < deadline and slurm_state(job) in ("PENDING", "RUNNING", "CONFIGURING", "UNKNOWN"), slurm_state(job)
-        time.sleep(0.2)
+    wait_while_queued(job, lambda: committed(run) and beat.is_file())
     pid = json.loads(beat.read_text())["pid"]
     os.kill(pid, signal.SIGSTOP)
     try:
-        followed = subprocess.run([sys.executable, "launch/pretrain.py", "--follow", job], cwd=REPO, env=slurm_env,
-                                  capture_output=True, text=True, timeout=400)
+        followed = follow(slurm_env, job)
     finally:
         for sig in (signal.SIGCONT, signal.SIGKILL):  # ended by SLURM's requeue already, unless the test failed
             try:
@@ -182,8 +193,7 @@ def test_impossible_request_is_refused_and_leaves_nothing(slurm_env, shard_args,
 
 
 def test_following_a_job_slurm_does_not_know_is_refused(slurm_env):
-    r = subprocess.run([sys.executable, "launch/pretrain.py", "--follow", "987654"], cwd=REPO, env=slurm_env, capture_output=True,
-                       text=True, timeout=60)
+    r = follow(slurm_env, "987654", timeout=60)
     assert r.returncode == 2 and "--follow 987654: SLURM does not know this job" in r.stderr, r.stderr
 
 
